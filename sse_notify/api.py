@@ -1,0 +1,153 @@
+"""The HTTP API on Quart: publish, history, read state, tokens, health, metrics, the demo.
+
+Handlers raise :class:`~sse_notify.errors.ApiError`; ``app.py`` renders every error as the
+contract's JSON body. Bodies are decoded with orjson whatever their ``Content-Type`` (so
+``curl -d`` works) and validated by the pydantic models in :mod:`sse_notify.schemas`.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import orjson
+from quart import Blueprint, Response, current_app, request, send_from_directory
+from quart_schema import document_querystring, document_request, document_response
+
+from .auth import subscriber_token, verify_publisher, verify_subscriber
+from .errors import ApiError
+from .metrics import CONTENT_TYPE, render_metrics
+from .models import iso_ms
+from .schemas import (
+    ErrorBody, HistoryQuery, HistoryResponse, IdsResponse, MarkReadBody, PublishBody,
+    TokenBody, TokenResponse, UpdatedResponse, parse,
+)
+from .service import Service
+from .store import StoreUnavailable
+from .tokens import DEFAULT_SUBSCRIBER_TTL
+
+__all__ = ["api"]
+
+api = Blueprint("api", __name__)
+
+_IDEMPOTENCY_KEY_RE = re.compile(r"[\x20-\x7e]{1,128}")
+_MAX_ID = 2**63 - 1
+
+
+def _service() -> Service:
+    return current_app.extensions["sse_notify"]
+
+
+def _json(payload: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(payload), status=status, content_type="application/json")
+
+
+async def _body() -> Any:
+    raw = await request.get_data(cache=False)
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ApiError.bad_json() from None
+
+
+def _subscriber() -> str:
+    return verify_subscriber(_service().signer, subscriber_token(request.headers, request.args)).subject
+
+
+@api.post("/notifications")
+@document_request(PublishBody)
+@document_response(IdsResponse, 201)
+@document_response(ErrorBody, 422)
+async def publish() -> Response:
+    service = _service()
+    publisher = verify_publisher(service.signer, request.headers).subject
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not _IDEMPOTENCY_KEY_RE.fullmatch(key):
+        raise ApiError.invalid("Idempotency-Key must be 1-128 printable ASCII characters.")
+    body = parse(PublishBody, await _body())
+    result = await service.publish(body.drafts(), publisher, key)
+    return _json({"ids": result.ids}, 201 if result.created else 200)
+
+
+@api.get("/notifications")
+@document_querystring(HistoryQuery)
+@document_response(HistoryResponse)
+async def history() -> Response:
+    user = _subscriber()
+    args = request.args
+    limit = _int_arg(args.get("limit"), "limit", 50)
+    if not 1 <= limit <= 200:
+        raise ApiError.invalid("limit must be between 1 and 200.")
+    before = _int_arg(args.get("before"), "before", None)
+    unread_arg = args.get("unread")
+    if unread_arg not in (None, "true", "false"):
+        raise ApiError.invalid('unread must be "true" or "false".')
+    unread = None if unread_arg is None else unread_arg == "true"
+    page = await _service().store.history(user, limit, before, unread)
+    return _json({
+        "notifications": [n.to_dict(read) for n, read in page.items],
+        "next_before": page.next_before,
+    })
+
+
+def _int_arg(value: str | None, name: str, default: int | None) -> Any:
+    if value is None:
+        return default
+    if not re.fullmatch(r"-?[0-9]{1,19}", value.strip()):
+        raise ApiError.invalid(f"{name} must be an integer.")
+    return max(min(int(value), _MAX_ID), -_MAX_ID)
+
+
+@api.post("/notifications/<int:id>/read")
+@document_response(ErrorBody, 404)
+async def mark_one_read(id: int) -> Response:
+    user = _subscriber()
+    service = _service()
+    if id > _MAX_ID or not await service.store.is_visible(user, id):
+        raise ApiError.not_found(f"Notification {id} does not exist or is not yours.")
+    await service.mark_read(user, [id])
+    return Response(b"", status=204)
+
+
+@api.post("/notifications/read")
+@document_request(MarkReadBody)
+@document_response(UpdatedResponse)
+async def mark_many_read() -> Response:
+    user = _subscriber()
+    body = parse(MarkReadBody, await _body())
+    changed = await _service().mark_read(user, body.ids)
+    return _json({"updated": len(changed)})
+
+
+@api.post("/tokens")
+@document_request(TokenBody)
+@document_response(TokenResponse, 201)
+async def mint_token() -> Response:
+    service = _service()
+    verify_publisher(service.signer, request.headers)
+    body = parse(TokenBody, await _body())
+    ttl = body.ttl or DEFAULT_SUBSCRIBER_TTL
+    expires_at = time.time() + ttl
+    token = service.signer.subscriber(body.user, ttl=ttl)
+    return _json({"token": token, "user": body.user, "expires_at": iso_ms(int(expires_at * 1000))}, 201)
+
+
+@api.get("/healthz")
+async def healthz() -> Response:
+    try:
+        await _service().store.ping()
+    except StoreUnavailable as exc:
+        raise ApiError.unavailable(f"Storage does not answer: {exc}") from None
+    return _json({"status": "ok"})
+
+
+@api.get("/metrics")
+async def metrics() -> Response:
+    service = _service()
+    return Response(render_metrics(service.hub, service.published), content_type=CONTENT_TYPE)
+
+
+@api.get("/")
+async def demo() -> Response:
+    return await send_from_directory(_service().settings.static_dir, "index.html")

@@ -1,0 +1,109 @@
+"""``create_app(settings)``: the Quart app with the service wired in.
+
+The two streaming endpoints (``/events``, ``/ws``) are lean ASGI handlers placed in front
+of Quart; everything else is a Quart view. Every error, Quart's own included, is rendered
+as the contract's JSON body. The service starts before the server accepts connections and
+stops after the last one closed; ``begin_shutdown`` ends open streams so that happens fast.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from quart import Quart, Response, request
+from quart_schema import Info, QuartSchema
+from werkzeug.exceptions import HTTPException
+
+from .api import api
+from .cors import cors_headers, preflight_headers
+from .config import Settings
+from .errors import ApiError, error_body
+from .service import Service
+from .store import StoreUnavailable
+from .transports import SSEEndpoint, WebSocketEndpoint
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found",
+               405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
+
+
+def _error_response(status: int, code: str, message: str,
+                    headers: dict[str, str] | None = None) -> Response:
+    return Response(error_body(code, message), status=status,
+                    content_type="application/json", headers=headers)
+
+
+class _StreamingRoutes:
+    """ASGI: ``/events`` and ``/ws`` go to the transports, the rest to Quart."""
+
+    def __init__(self, app: Any, sse: SSEEndpoint, ws: WebSocketEndpoint):
+        self.app, self.sse, self.ws = app, sse, ws
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        path = scope.get("path")
+        if scope["type"] == "http" and path == "/events":
+            await self.sse(scope, receive, send)
+        elif scope["type"] == "websocket" and path == "/ws":
+            await self.ws(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None, *, service: Service | None = None) -> Quart:
+    service = service or Service(settings or Settings.from_env())
+    settings = service.settings
+    app = Quart(__name__, static_folder=str(settings.static_dir), static_url_path="/static")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body
+    app.extensions["sse_notify"] = service
+    QuartSchema(app, info=Info(title="sse-notify", version="1.0.0"),
+                swagger_ui_path=None, redoc_ui_path=None, scalar_ui_path=None)
+    app.register_blueprint(api)
+    app.asgi_app = _StreamingRoutes(app.asgi_app, SSEEndpoint(service), WebSocketEndpoint(service))
+
+    @app.before_serving
+    async def _start() -> None:
+        await service.start()
+
+    @app.after_serving
+    async def _stop() -> None:
+        await service.stop()
+
+    @app.after_request
+    async def _cors(response: Response) -> Response:
+        origin = request.headers.get("Origin")
+        extra = (preflight_headers if request.method == "OPTIONS" else cors_headers)(
+            origin, settings.allow_origin)
+        for name, value in extra:
+            response.headers[name] = value
+        return response
+
+    @app.errorhandler(ApiError)
+    async def _api_error(error: ApiError) -> Response:
+        return _error_response(error.status, error.code, error.message, error.headers)
+
+    @app.errorhandler(StoreUnavailable)
+    async def _store_error(error: StoreUnavailable) -> Response:
+        log.error("storage unavailable: %s", error)
+        return _error_response(503, "unavailable", "Storage is unavailable; try again.")
+
+    @app.errorhandler(HTTPException)
+    async def _http_error(error: HTTPException) -> Response:
+        status = error.code or 500
+        if status == 413:
+            message = f"The request body exceeds {settings.max_body} bytes."
+        else:
+            message = "No such path." if status == 404 else (error.description or error.name)
+        headers = {"Allow": ", ".join(error.valid_methods)} if getattr(error, "valid_methods", None) else None
+        return _error_response(status, _HTTP_CODES.get(status, "http_error"), message, headers)
+
+    @app.errorhandler(Exception)
+    async def _unexpected(error: Exception) -> Response:
+        log.exception("unhandled error")
+        return _error_response(500, "internal_error", "The server failed to answer this request.")
+
+    app.begin_shutdown = service.hub.close_all  # type: ignore[attr-defined]
+    return app

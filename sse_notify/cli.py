@@ -1,0 +1,150 @@
+"""The command line: ``sse-notify serve`` and ``sse-notify token``.
+
+``main(argv) -> int`` so tests call it directly. Flags default to "unset" and
+:meth:`Settings.from_env` applies them over ``SSE_NOTIFY_*`` variables and the defaults,
+so the precedence lives in one place. ``serve`` installs its own SIGINT/SIGTERM handlers:
+a signal first ends every open stream, then Hypercorn closes the (now idle) connections
+and the app's shutdown hooks close storage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import click
+
+from .config import Settings, parse_duration
+from .tokens import DEFAULT_SUBSCRIBER_TTL, TokenSigner
+
+__all__ = ["main"]
+
+#: Path only, never the query string (it may carry a token); no Authorization header.
+ACCESS_LOG_FORMAT = '%(h)s %(t)s "%(r)s" %(s)s %(b)s %(L)ss'
+GRACEFUL_TIMEOUT = 3.0
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="sse-notify")
+def cli() -> None:
+    """sse-notify: real-time notifications over Server-Sent Events and WebSocket."""
+
+
+@cli.command()
+@click.option("--host", help="Address to bind. [default: 127.0.0.1; env SSE_NOTIFY_HOST]")
+@click.option("--port", type=int, help="Port to bind. [default: 8000; env SSE_NOTIFY_PORT]")
+@click.option("--data-dir", type=click.Path(path_type=Path),
+              help="Where the database and secret live. [default: ./sse-notify-data]")
+@click.option("--heartbeat", type=float, help="Seconds of quiet before a keepalive. [default: 15]")
+@click.option("--retry", type=int, help="SSE retry: value in ms. [default: 3000]")
+@click.option("--stream-buffer", type=int, help="Events a stream may fall behind. [default: 1024]")
+@click.option("--max-body", type=int, help="Largest request body in bytes. [default: 65536]")
+@click.option("--retention", callback=_duration, help="Keep notifications this long (90s, 12h, 30d). [default: 30d]")
+@click.option("--allow-origin", multiple=True, help="Origin allowed to call cross-origin (repeatable).")
+@click.option("--store", help="Store URL. [default: sqlite:///<data-dir>/notifications.db]")
+@click.option("--broker", help="Broker URL. [default: memory://]")
+@click.option("--access-log/--no-access-log", default=None, help="Log each request (no query strings). [default: on]")
+def serve(**flags: object) -> None:
+    """Run the service."""
+    try:
+        settings = Settings.from_env(**{**flags, "allow_origin": flags["allow_origin"] or None})
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    _configure_logging()
+    _run(_serve(settings))
+
+
+@cli.command()
+@click.argument("user", required=False)
+@click.option("--publisher", metavar="NAME", help="Mint a publisher token for NAME instead.")
+@click.option("--ttl", type=int, help=f"Lifetime in seconds. [subscriber default: {DEFAULT_SUBSCRIBER_TTL}]")
+@click.option("--data-dir", type=click.Path(path_type=Path), help="Data directory holding the secret.")
+def token(user: str | None, publisher: str | None, ttl: int | None, data_dir: Path | None) -> None:
+    """Print a subscriber token for USER (or a publisher token) and a newline."""
+    if (user is None) == (publisher is None):
+        raise click.UsageError("give either USER or --publisher NAME")
+    if ttl is not None and ttl <= 0:
+        raise click.BadParameter("must be positive", param_hint="--ttl")
+    settings = Settings.from_env(data_dir=data_dir).with_secret()
+    signer = TokenSigner(settings.secret)  # type: ignore[arg-type]
+    try:
+        if publisher is not None:
+            click.echo(signer.publisher(publisher, ttl=ttl))
+        else:
+            click.echo(signer.subscriber(user, ttl=ttl or DEFAULT_SUBSCRIBER_TTL))  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _run(coro: object) -> None:
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coro)  # type: ignore[arg-type]
+    else:
+        uvloop.run(coro)  # type: ignore[arg-type]
+
+
+async def _serve(settings: Settings) -> None:
+    from hypercorn.asyncio import serve as hypercorn_serve
+    from hypercorn.config import Config
+
+    from .app import create_app
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app = create_app(settings)
+    config = Config()
+    config.bind = [f"[{settings.host}]:{settings.port}" if ":" in settings.host else f"{settings.host}:{settings.port}"]
+    config.accesslog = logging.getLogger("sse_notify.access") if settings.access_log else None
+    config.access_log_format = ACCESS_LOG_FORMAT
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.graceful_timeout = GRACEFUL_TIMEOUT
+    config.websocket_max_message_size = settings.max_body
+    config.websocket_ping_interval = settings.heartbeat
+    config.keep_alive_timeout = 75
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    async def shutdown_trigger() -> None:
+        await stop.wait()
+        logging.getLogger("sse_notify").info("shutting down")
+        app.begin_shutdown()  # type: ignore[attr-defined]
+
+    logging.getLogger("sse_notify").info(
+        "sse-notify on http://%s:%d (data: %s)", settings.host, settings.port, settings.data_dir)
+    await hypercorn_serve(app, config, shutdown_trigger=shutdown_trigger)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        cli.main(args=list(argv) if argv is not None else None, prog_name="sse-notify",
+                 standalone_mode=False)
+    except click.exceptions.Abort:
+        return 1
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    return 0

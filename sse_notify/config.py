@@ -1,0 +1,127 @@
+"""Settings: one typed, frozen object built from defaults, then ``SSE_NOTIFY_*``
+environment variables, then explicit overrides (command-line flags), in that order.
+
+Also owns the server secret: ``SSE_NOTIFY_SECRET`` when set, else
+``<data-dir>/secret.key``, created with mode 0600 on first use so tokens survive restarts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Settings", "parse_duration", "load_secret", "ENV_PREFIX"]
+
+ENV_PREFIX = "SSE_NOTIFY_"
+SECRET_FILE = "secret.key"
+
+_DURATION_RE = re.compile(r"(\d+)\s*([smhd]?)")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str | int | float) -> int:
+    """``"90s"``, ``"12h"``, ``"30d"`` (or plain seconds) -> seconds."""
+    if isinstance(text, (int, float)):
+        seconds = int(text)
+    else:
+        match = _DURATION_RE.fullmatch(text.strip().lower())
+        if match is None:
+            raise ValueError(f"not a duration: {text!r} (use e.g. 90s, 15m, 12h, 30d)")
+        seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds <= 0:
+        raise ValueError("a duration must be positive")
+    return seconds
+
+
+def _split_origins(value: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = value.split(",")
+    return tuple(origin.strip().rstrip("/") for origin in value if origin.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = Path("./sse-notify-data")
+    #: Store URL; empty means the embedded SQLite file ``<data-dir>/notifications.db``.
+    store: str = ""
+    #: Broker URL; ``memory://`` is the in-process broker of a single node.
+    broker: str = "memory://"
+    heartbeat: float = 15.0
+    retry: int = 3000
+    stream_buffer: int = 1024
+    max_body: int = 65536
+    retention: int = 30 * 86400
+    allow_origin: tuple[str, ...] = ()
+    secret: str | None = field(default=None, repr=False)
+    access_log: bool = True
+    static_dir: Path = Path(__file__).resolve().parent.parent / "static"
+
+    _CONVERTERS = {
+        "port": int,
+        "data_dir": Path,
+        "heartbeat": float,
+        "retry": int,
+        "stream_buffer": int,
+        "max_body": int,
+        "retention": parse_duration,
+        "allow_origin": _split_origins,
+        "access_log": lambda v: v if isinstance(v, bool) else str(v).lower() in ("1", "true", "yes", "on"),
+        "static_dir": Path,
+    }
+
+    def __post_init__(self) -> None:
+        for name in ("heartbeat", "retry", "stream_buffer", "max_body"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if not 0 <= self.port <= 65535:
+            raise ValueError("port must be 0-65535")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, then ``SSE_NOTIFY_<NAME>`` variables, then ``overrides`` (None = unset)."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name.startswith("_"):
+                continue
+            raw = environ.get(ENV_PREFIX + f.name.upper())
+            if raw is not None and raw != "":
+                values[f.name] = raw
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**{k: cls._convert(k, v) for k, v in values.items()})
+
+    @classmethod
+    def _convert(cls, name: str, value: Any) -> Any:
+        converter = cls._CONVERTERS.get(name)
+        try:
+            return converter(value) if converter else value
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"invalid value for {name}: {value!r} ({exc})") from None
+
+    @property
+    def store_url(self) -> str:
+        return self.store or f"sqlite:///{self.data_dir / 'notifications.db'}"
+
+    def with_secret(self) -> Settings:
+        """A copy whose ``secret`` is resolved (from the data dir, created if missing)."""
+        return self if self.secret else replace(self, secret=load_secret(self.data_dir))
+
+
+def load_secret(data_dir: Path) -> str:
+    """Read ``<data_dir>/secret.key``, creating it (mode 0600) with a fresh secret if absent."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / SECRET_FILE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_urlsafe(48) + "\n")
+    return path.read_text().strip()

@@ -1,0 +1,142 @@
+"""Replay-then-live for one stream, shared by the SSE and WebSocket transports.
+
+The order that gives no gap and no duplicate while publishes race with a reconnect:
+
+1. register the live stream with the hub first (it buffers from now on);
+2. read the user's state (newest id, unread) and send ``hello``;
+3. replay from storage everything after the cursor, page by page, until a short page;
+4. then release the buffered live events, skipping any id already sent.
+
+Every notification is either committed before step 3's last query (so storage has it) or
+dispatched after step 1 (so the buffer has it): the union is complete, and skipping ids
+``<= last sent`` removes the overlap. The hub dispatches in commit (= id) order, so the
+buffer is ordered too. Without a cursor the stream starts live at ``hello.newest_id``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Awaitable, Callable
+
+from .hub import Hub, Stream
+from .store import Store
+from .wire import KEEPALIVE, Outbound, hello, token_expiring
+
+__all__ = ["Feed", "parse_cursor", "parse_topics", "REPLAY_PAGE"]
+
+REPLAY_PAGE = 1000
+EXPIRY_WARNING = 60.0
+_CURSOR_RE = re.compile(r"[0-9]{1,18}")
+
+Send = Callable[[list[Outbound]], Awaitable[None]]
+
+
+def parse_cursor(value: str | None) -> int | None:
+    """A valid cursor is 1-18 digits; anything else means "start live"."""
+    if value is None:
+        return None
+    value = value.strip()
+    return int(value) if _CURSOR_RE.fullmatch(value) else None
+
+
+def parse_topics(value: str | None) -> frozenset[str] | None:
+    """``"a,b"`` -> {"a", "b"}; absent or empty -> None (no filter)."""
+    if not value:
+        return None
+    topics = frozenset(t.strip() for t in value.split(",") if t.strip())
+    return topics or None
+
+
+class Feed:
+    def __init__(self, hub: Hub, store: Store, user: str, *, transport: str,
+                 topics: frozenset[str] | None = None, cursor: int | None = None,
+                 expires_at: float | None = None, heartbeat: float = 15.0):
+        self.hub = hub
+        self.store = store
+        self.user = user
+        self.transport = transport
+        self.topics = topics
+        self.cursor = cursor
+        self.expires_at = expires_at
+        self.heartbeat = heartbeat
+        self.stream: Stream | None = None
+
+    @property
+    def close_reason(self) -> str | None:
+        """Why the hub closed the stream ("overflow", "shutdown"), if it did."""
+        return None if self.stream is None else self.stream.close_reason
+
+    async def run(self, send: Send) -> str:
+        """Send hello, the replay, then live events until the token expires ("expired").
+
+        When the hub closes the stream (overflow, shutdown) the running task is cancelled,
+        so a send blocked on a client that stopped reading is abandoned too; the caller
+        reads :attr:`close_reason`.
+        """
+        async with self.hub.subscribe(self.user, self.topics, self.transport) as stream:
+            self.stream = stream
+            task = asyncio.current_task()
+            assert task is not None
+            stream.on_close = task.cancel
+            newest, unread, pruned_through = await self.store.state(self.user)
+            last = await self._start(send, stream, newest, unread, pruned_through)
+            stream.replaying = False
+            return await self._live(send, stream, last)
+
+    async def _start(self, send: Send, stream: Stream, newest: int, unread: int,
+                     pruned_through: int) -> int:
+        cursor = self.cursor
+        if cursor is None:
+            replay, last = "live", newest
+        elif cursor < pruned_through or cursor > await self.store.max_id():
+            # Retention removed part of what was missed, or the cursor is from no history
+            # this store ever had: replay everything retained, and say so.
+            replay, last = "reset", 0
+        else:
+            replay, last = "resumed", cursor
+        await send([hello(self.user, newest, unread, replay)])
+        if replay == "live" and not stream.lagged:
+            return last
+        while True:
+            page = await self.store.replay(self.user, last, self.topics, REPLAY_PAGE)
+            if page:
+                await send([Outbound.notification(n) for n in page])
+                self.hub.stats.replayed += len(page)
+                last = page[-1].id
+            if len(page) == REPLAY_PAGE:
+                continue
+            if not stream.lagged:
+                return last
+            stream.lagged = False  # live events were dropped meanwhile: read them again
+
+    async def _live(self, send: Send, stream: Stream, last: int) -> str:
+        stats = self.hub.stats
+        warn_at = None if self.expires_at is None else self.expires_at - EXPIRY_WARNING
+        while True:
+            timeout, quiet = self.heartbeat, True
+            if self.expires_at is not None:
+                now = time.time()
+                if now >= self.expires_at:
+                    return "expired"
+                if warn_at is not None and now >= warn_at:
+                    warn_at = None
+                    await send([token_expiring(self.expires_at)])
+                    continue
+                until = (self.expires_at if warn_at is None else warn_at) - now
+                if until < timeout:
+                    timeout, quiet = until, False
+            batch = await stream.next_batch(timeout)
+            if not batch:
+                if quiet:
+                    await send([KEEPALIVE])
+                continue
+            fresh = [e for e in batch if e.id is None or e.id > last]
+            for event in reversed(fresh):
+                if event.id is not None:
+                    last = event.id
+                    break
+            if fresh:
+                stats.delivered += sum(1 for e in fresh if e.id is not None)
+                await send(fresh)

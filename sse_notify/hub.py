@@ -1,0 +1,159 @@
+"""The fan-out hub: user -> live streams, each with its own bounded buffer.
+
+Deliberate decisions:
+
+* Fan-out never blocks: ``dispatch`` appends to each stream's buffer and wakes its
+  consumer at most once per batch (a waiter future is set only while the consumer waits).
+* A notification is encoded once (:class:`~sse_notify.wire.Outbound`) and the same object
+  is shared by every stream it reaches.
+* A live stream whose buffer would exceed its bound is closed (the client reconnects with
+  its cursor and replays from storage). While a stream is still replaying from storage,
+  an overflow only drops the buffered notifications and marks the stream ``lagged``: the
+  replay loop then reads them from storage, so a long replay under load is not cut off.
+* ``subscribe`` is an async context manager whose ``finally`` always unregisters.
+
+The hub knows neither the store nor the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+
+from .models import Notification, ReadChange
+from .wire import Outbound, read_event
+
+__all__ = ["Hub", "Stream", "HubStats"]
+
+
+class HubStats:
+    __slots__ = ("delivered", "replayed", "slow_disconnects")
+
+    def __init__(self) -> None:
+        self.delivered = 0
+        self.replayed = 0
+        self.slow_disconnects = 0
+
+
+class Stream:
+    """One open SSE response or WebSocket: its filter and its bounded buffer."""
+
+    __slots__ = ("user", "topics", "transport", "limit", "replaying", "lagged",
+                 "close_reason", "on_close", "_buffer", "_waiter", "_stats")
+
+    def __init__(self, user: str, topics: frozenset[str] | None, transport: str,
+                 limit: int, stats: HubStats):
+        self.user = user
+        self.topics = topics
+        self.transport = transport
+        self.limit = limit
+        self.replaying = True
+        self.lagged = False
+        self.close_reason: str | None = None
+        self.on_close: Callable[[], object] | None = None
+        self._buffer: list[Outbound] = []
+        self._waiter: asyncio.Future[None] | None = None
+        self._stats = stats
+
+    def wants(self, event: Outbound) -> bool:
+        return self.topics is None or event.topic in self.topics
+
+    def offer(self, event: Outbound) -> None:
+        """Queue ``event`` without blocking; close the stream if it fell too far behind."""
+        if self.close_reason is not None:
+            return
+        buffer = self._buffer
+        buffer.append(event)
+        if len(buffer) > self.limit:
+            if self.replaying:
+                # Storage has every notification; keep only the unstored control events.
+                buffer[:] = [e for e in buffer if e.id is None]
+                self.lagged = True
+            if len(buffer) > self.limit:
+                self._stats.slow_disconnects += 1
+                self.close("overflow")
+                return
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def next_batch(self, timeout: float) -> list[Outbound]:
+        """Everything buffered, waiting up to ``timeout`` s for something; [] on timeout."""
+        if not self._buffer and self.close_reason is None:
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_later(timeout, _wake, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+        batch, self._buffer = self._buffer, []
+        return batch
+
+    def close(self, reason: str) -> None:
+        if self.close_reason is not None:
+            return
+        self.close_reason = reason
+        self._buffer = []
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+        if self.on_close is not None:
+            self.on_close()
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+class Hub:
+    def __init__(self, stream_buffer: int = 1024):
+        self.stream_buffer = stream_buffer
+        self.stats = HubStats()
+        self._by_user: dict[str, set[Stream]] = {}
+        self._all: set[Stream] = set()
+
+    @asynccontextmanager
+    async def subscribe(self, user: str, topics: frozenset[str] | None = None,
+                        transport: str = "sse") -> AsyncIterator[Stream]:
+        stream = Stream(user, topics, transport, self.stream_buffer, self.stats)
+        self._by_user.setdefault(user, set()).add(stream)
+        self._all.add(stream)
+        try:
+            yield stream
+        finally:
+            self._all.discard(stream)
+            streams = self._by_user.get(user)
+            if streams is not None:
+                streams.discard(stream)
+                if not streams:
+                    del self._by_user[user]
+
+    def dispatch(self, messages: Sequence[Notification | ReadChange]) -> None:
+        for message in messages:
+            if isinstance(message, Notification):
+                event = Outbound.notification(message)
+                targets: Iterable[Stream] = (
+                    self._all if message.user is None else self._by_user.get(message.user, ())
+                )
+                for stream in targets:  # closing only schedules the unregister: safe
+                    if stream.topics is None or event.topic in stream.topics:
+                        stream.offer(event)
+            else:
+                event = read_event(message)
+                for stream in self._by_user.get(message.user, ()):
+                    stream.offer(event)
+
+    def close_all(self, reason: str = "shutdown") -> None:
+        for stream in tuple(self._all):
+            stream.close(reason)
+
+    def count(self, transport: str | None = None) -> int:
+        if transport is None:
+            return len(self._all)
+        return sum(1 for s in self._all if s.transport == transport)
+
+    def user_count(self) -> int:
+        return len(self._by_user)

@@ -1,0 +1,93 @@
+"""The data the service moves around: notifications, read-state changes, names.
+
+Kept free of any web or storage framework so every layer can share it. Timestamps are
+integer milliseconds since the epoch internally and rendered once, at the edge, as
+ISO-8601 with milliseconds and ``Z``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+__all__ = [
+    "NAME_RE",
+    "PRIORITIES",
+    "Notification",
+    "NotificationDraft",
+    "Priority",
+    "ReadChange",
+    "iso_ms",
+    "now_ms",
+    "valid_name",
+]
+
+#: User ids, publisher names and topics.
+NAME_RE = re.compile(r"[A-Za-z0-9._@:-]{1,128}")
+
+Priority = Literal["low", "medium", "high", "urgent"]
+PRIORITIES: tuple[str, ...] = ("low", "medium", "high", "urgent")
+
+
+def valid_name(value: object) -> bool:
+    return isinstance(value, str) and NAME_RE.fullmatch(value) is not None
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def iso_ms(ms: int) -> str:
+    """``1764064800123`` -> ``"2025-11-25T10:00:00.123Z"``."""
+    dt = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationDraft:
+    """What a publisher asked to store for one recipient (``user=None``: broadcast)."""
+
+    user: str | None
+    title: str
+    body: str | None = None
+    priority: str = "medium"
+    topic: str | None = None
+    data: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """A committed notification; ``id`` is its place in the global commit order."""
+
+    id: int
+    user: str | None
+    topic: str | None
+    title: str
+    body: str | None
+    priority: str
+    data: dict[str, Any] | None
+    created_at: int  # epoch milliseconds
+
+    def to_dict(self, read: bool = False) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "user": self.user,
+            "topic": self.topic,
+            "title": self.title,
+            "body": self.body,
+            "priority": self.priority,
+            "data": self.data,
+            "created_at": iso_ms(self.created_at),
+            "read": read,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ReadChange:
+    """The ids whose read state changed for one user (sent as the ``read`` event)."""
+
+    user: str
+    ids: tuple[int, ...]

@@ -1,0 +1,95 @@
+"""The running service: the store, broker, hub and token signer, wired together, and
+the operations the HTTP API and the WebSocket transport share (publish, mark read).
+
+Publishing flows ``store.add()`` (group commit, ids assigned) -> the store's commit
+listener -> ``broker.publish()`` (in id order) -> the pump task -> ``hub.dispatch()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+from .broker import Broker, open_broker
+from .config import Settings
+from .hub import Hub
+from .models import NotificationDraft, ReadChange, now_ms
+from .store import PublishResult, Store, open_store
+from .tokens import TokenSigner
+
+__all__ = ["Service"]
+
+log = logging.getLogger(__name__)
+
+PRUNE_INTERVAL = 3600.0
+
+
+class Service:
+    def __init__(self, settings: Settings, *, store: Store | None = None,
+                 broker: Broker | None = None):
+        settings = settings.with_secret()
+        self.settings = settings
+        self.signer = TokenSigner(settings.secret)  # type: ignore[arg-type]
+        self.store = store if store is not None else open_store(settings.store_url)
+        self.broker = broker if broker is not None else open_broker(settings.broker)
+        self.hub = Hub(settings.stream_buffer)
+        self.published = 0
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        self.store.on_commit = self.broker.publish
+        await self.store.open()
+        await self.broker.open()
+        await self.prune()  # before connections are accepted
+        self._tasks = [
+            asyncio.create_task(self._pump(), name="broker-pump"),
+            asyncio.create_task(self._prune_periodically(), name="retention"),
+        ]
+
+    async def stop(self) -> None:
+        self.hub.close_all("shutdown")
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        await self.broker.close()
+        await self.store.close()
+
+    async def _pump(self) -> None:
+        async for messages in self.broker.listen():
+            try:
+                self.hub.dispatch(messages)
+            except Exception:  # one bad message must not stop all fan-out
+                log.exception("dispatch failed")
+
+    async def _prune_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(min(PRUNE_INTERVAL, self.settings.retention))
+            try:
+                await self.prune()
+            except Exception as exc:
+                log.error("retention pruning failed: %s", exc)
+
+    async def prune(self) -> int:
+        removed = await self.store.prune(now_ms() - self.settings.retention * 1000)
+        if removed:
+            log.info("retention removed %d notifications", removed)
+        return removed
+
+    async def publish(self, drafts: Sequence[NotificationDraft], publisher: str,
+                      idempotency_key: str | None = None) -> PublishResult:
+        result = await self.store.add(drafts, publisher, idempotency_key)
+        if result.created:
+            self.published += len(result.ids)
+        return result
+
+    async def mark_read(self, user: str, ids: Sequence[int] | None) -> list[int]:
+        """Mark ``ids`` (None: all) read for ``user``; the changed ids go to every stream."""
+        if ids is None:
+            changed = await self.store.mark_all_read(user)
+        else:
+            changed = await self.store.mark_read(user, ids)
+        if changed:
+            self.broker.publish([ReadChange(user, tuple(changed))])
+        return changed

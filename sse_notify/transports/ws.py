@@ -1,0 +1,168 @@
+"""``GET /ws``: the same feed over WebSocket, as JSON text frames.
+
+Auth comes from ``Authorization: Bearer`` or ``?token=`` (cursor in ``?last_event_id=``),
+else from a first frame ``{"type": "auth", "token": ..., "last_event_id": ...}`` within
+10 s. Either way the upgrade is accepted first, so a failure can be explained in an
+``error`` frame before the ``4401`` close. After auth, a receiver task answers the
+client's frames (``read``, ``ping``) while the feed sends; bad frames get an error frame
+and the socket stays open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import orjson
+
+from ..auth import bearer, verify_subscriber
+from ..errors import ApiError
+from ..feed import Feed, parse_cursor
+from ..service import Service
+from ..store import StoreUnavailable
+from ..tokens import Claims
+from ..wire import KEEPALIVE, Outbound, ws_frame
+from .asgi import ASGISend, Receive, Scope, query_params, request_headers, send_within
+from .sse import stream_topics
+
+__all__ = ["WebSocketEndpoint"]
+
+log = logging.getLogger(__name__)
+
+AUTH_TIMEOUT = 10.0
+MAX_READ_IDS = 1000
+
+CLOSE_CODES = {"expired": 4401, "overflow": 1013, "shutdown": 1001}
+
+
+class _Disconnected(Exception):
+    pass
+
+
+class WebSocketEndpoint:
+    def __init__(self, service: Service):
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: ASGISend) -> None:
+        if (await receive())["type"] != "websocket.connect":
+            return
+        await send({"type": "websocket.accept"})
+        try:
+            await self._serve(scope, receive, send)
+        except _Disconnected:
+            pass
+
+    async def _serve(self, scope: Scope, receive: Receive, send: ASGISend) -> None:
+        headers, query = request_headers(scope), query_params(scope)
+        try:
+            topics = stream_topics(query)
+        except ApiError as error:
+            await _send_error(send, error.code, error.message)
+            await send_within(send, {"type": "websocket.close", "code": 1008})
+            return
+        token = bearer(headers["authorization"]) if "authorization" in headers else query.get("token")
+        raw_cursor: Any = query.get("last_event_id")
+        if token is None:
+            token, raw_cursor = await self._auth_frame(receive, send)
+        try:
+            claims = verify_subscriber(self.service.signer, token)
+        except ApiError as error:
+            await _send_error(send, error.code, error.message)
+            await send_within(send, {"type": "websocket.close", "code": 4401})
+            return
+        cursor = raw_cursor if type(raw_cursor) is int and raw_cursor >= 0 else parse_cursor(
+            raw_cursor if isinstance(raw_cursor, str) else None)
+        await self._stream(receive, send, claims, topics, cursor)
+
+    async def _auth_frame(self, receive: Receive, send: ASGISend) -> tuple[str | None, Any]:
+        """Wait for ``{"type": "auth", ...}``; None as the token means "no valid auth"."""
+        try:
+            async with asyncio.timeout(AUTH_TIMEOUT):
+                frame = await _receive_json(receive)
+        except TimeoutError:
+            return None, None
+        if not isinstance(frame, dict) or frame.get("type") != "auth" or not isinstance(frame.get("token"), str):
+            return None, None
+        return frame["token"], frame.get("last_event_id")
+
+    async def _stream(self, receive: Receive, send: ASGISend, claims: Claims,
+                      topics: frozenset[str] | None, cursor: int | None) -> None:
+        settings = self.service.settings
+        feed = Feed(self.service.hub, self.service.store, claims.subject, transport="ws",
+                    topics=topics, cursor=cursor, expires_at=claims.expires_at,
+                    heartbeat=settings.heartbeat)
+
+        async def write(events: list[Outbound]) -> None:
+            for event in events:
+                if event is not KEEPALIVE:  # WebSocket has its own pings (Hypercorn's)
+                    await send({"type": "websocket.send", "text": event.ws})
+
+        sender = asyncio.create_task(feed.run(write))
+        receiver = asyncio.create_task(self._answer_frames(receive, send, claims.subject))
+        try:
+            done, _ = await asyncio.wait((sender, receiver), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sender.cancel()
+            receiver.cancel()
+        if receiver in done:
+            return  # the client closed
+        if sender.cancelled():
+            reason = feed.close_reason or "shutdown"
+        elif sender.exception() is not None:
+            log.error("websocket stream failed: %r", sender.exception())
+            reason = "error"
+        else:
+            reason = sender.result()
+        await send_within(send, {"type": "websocket.close", "code": CLOSE_CODES.get(reason, 1011)})
+
+    async def _answer_frames(self, receive: Receive, send: ASGISend, user: str) -> None:
+        while True:
+            try:
+                frame = await _receive_json(receive)
+            except _Disconnected:
+                return
+            kind = frame.get("type") if isinstance(frame, dict) else None
+            if kind == "ping":
+                await send({"type": "websocket.send", "text": ws_frame("pong", {})})
+            elif kind == "read":
+                await self._mark_read(send, user, frame)
+            elif frame is _UNPARSEABLE:
+                await _send_error(send, "bad_request", "Frames must be JSON objects.")
+            else:
+                await _send_error(send, "bad_request", "Unknown frame type; expected read or ping.")
+
+    async def _mark_read(self, send: ASGISend, user: str, frame: dict[str, Any]) -> None:
+        ids = frame.get("ids")
+        if frame.get("all") is True and ids is None:
+            ids = None
+        elif (not isinstance(ids, list) or not 1 <= len(ids) <= MAX_READ_IDS
+              or not all(type(i) is int and i > 0 for i in ids)):
+            await _send_error(send, "bad_request",
+                              f'"ids" must be a list of 1 to {MAX_READ_IDS} positive integers.')
+            return
+        try:
+            await self.service.mark_read(user, ids)
+        except StoreUnavailable:
+            await _send_error(send, "unavailable", "Storage is unavailable; try again.")
+
+
+_UNPARSEABLE = object()
+
+
+async def _receive_json(receive: Receive) -> Any:
+    """The next client frame decoded, ``_UNPARSEABLE`` if it is not JSON."""
+    message = await receive()
+    if message["type"] == "websocket.disconnect":
+        raise _Disconnected
+    raw = message.get("text")
+    if raw is None:
+        raw = message.get("bytes") or b""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return _UNPARSEABLE
+
+
+async def _send_error(send: ASGISend, code: str, message: str) -> None:
+    await send({"type": "websocket.send", "text": ws_frame("error", {"error": code, "message": message})})

@@ -1,0 +1,121 @@
+"""Pure framing: the bytes of Server-Sent Events and the JSON text of WebSocket frames.
+
+An :class:`Outbound` is encoded once and shared by every stream it is delivered to: a
+notification's JSON is produced once per publish, and its SSE frame and WebSocket text are
+derived from that one encoding on first use (lazily, so a server with no WebSocket
+clients never builds WebSocket frames).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from .models import Notification, ReadChange, iso_ms
+
+__all__ = [
+    "KEEPALIVE",
+    "Outbound",
+    "hello",
+    "read_event",
+    "sse_comment",
+    "sse_frame",
+    "sse_retry",
+    "token_expiring",
+    "ws_frame",
+]
+
+
+def sse_frame(data: str | bytes, event: str | None = None, id: int | str | None = None) -> bytes:
+    """One SSE event. Multi-line data becomes several ``data:`` lines."""
+    if isinstance(data, str):
+        data = data.encode()
+    parts: list[bytes] = []
+    if id is not None:
+        parts.append(b"id: " + _single_line(str(id)) + b"\n")
+    if event is not None:
+        parts.append(b"event: " + _single_line(event) + b"\n")
+    for line in data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n"):
+        parts.append(b"data: " + line + b"\n")
+    parts.append(b"\n")
+    return b"".join(parts)
+
+
+def sse_comment(text: str) -> bytes:
+    return b": " + _single_line(text) + b"\n\n"
+
+
+def sse_retry(ms: int) -> bytes:
+    return b"retry: %d\n\n" % ms
+
+
+def _single_line(text: str) -> bytes:
+    if "\n" in text or "\r" in text or "\0" in text:
+        raise ValueError("SSE id, event and comment fields must be a single line")
+    return text.encode()
+
+
+def ws_frame(type_: str, fields: dict[str, Any]) -> str:
+    return orjson.dumps({"type": type_, **fields}).decode()
+
+
+class Outbound:
+    """Something to send on a stream, in both transports' encodings.
+
+    ``id`` is the notification id (None for control events); ``topic`` is used by the
+    hub's topic filter.
+    """
+
+    __slots__ = ("id", "topic", "user", "_kind", "_ws_type", "_json", "_sse", "_ws")
+
+    def __init__(self, kind: str, payload: bytes, id: int | None = None,
+                 topic: str | None = None, user: str | None = None, ws_type: str | None = None):
+        self._kind = kind
+        self._ws_type = ws_type or kind
+        self._json = payload  # a JSON object, encoded once
+        self.id = id
+        self.topic = topic
+        self.user = user
+        self._sse: bytes | None = None
+        self._ws: str | None = None
+
+    @classmethod
+    def notification(cls, n: Notification) -> Outbound:
+        return cls("notification", orjson.dumps(n.to_dict(read=False)), n.id, n.topic, n.user)
+
+    @property
+    def sse(self) -> bytes:
+        if self._sse is None:
+            self._sse = sse_frame(self._json, self._kind, self.id)
+        return self._sse
+
+    @property
+    def ws(self) -> str:
+        if self._ws is None:
+            body = self._json[1:]
+            sep = b"" if body == b"}" else b","
+            self._ws = (b'{"type":"' + self._ws_type.encode() + b'"' + sep + body).decode()
+        return self._ws
+
+    def __repr__(self) -> str:
+        return f"Outbound({self._kind!r}, id={self.id!r})"
+
+
+def hello(user: str, newest_id: int, unread: int, replay: str) -> Outbound:
+    return Outbound("hello", orjson.dumps(
+        {"user": user, "newest_id": newest_id, "unread": unread, "replay": replay}),
+        ws_type="auth_success")
+
+
+def read_event(change: ReadChange) -> Outbound:
+    return Outbound("read", orjson.dumps({"ids": list(change.ids)}), user=change.user)
+
+
+def token_expiring(expires_at: float) -> Outbound:
+    return Outbound("token-expiring", orjson.dumps({"expires_at": iso_ms(int(expires_at * 1000))}))
+
+
+#: Sent after a quiet interval; SSE writes a comment, WebSocket relies on its own pings.
+KEEPALIVE = Outbound("keepalive", b"{}")
+KEEPALIVE._sse = sse_comment("keepalive")
