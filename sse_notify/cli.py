@@ -56,6 +56,10 @@ def cli() -> None:
 @click.option("--allow-origin", multiple=True, help="Origin allowed to call cross-origin (repeatable).")
 @click.option("--store", help="Store URL. [default: sqlite:///<data-dir>/notifications.db]")
 @click.option("--broker", help="Broker URL. [default: memory://]")
+@click.option("--certfile", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="TLS certificate (PEM): serve HTTPS with HTTP/2.")
+@click.option("--keyfile", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="TLS private key (PEM), with --certfile.")
 @click.option("--access-log/--no-access-log", default=None, help="Log each request (no query strings). [default: on]")
 def serve(**flags: object) -> None:
     """Run the service."""
@@ -120,6 +124,9 @@ async def _serve(settings: Settings) -> None:
     config.websocket_max_message_size = settings.max_body
     config.websocket_ping_interval = settings.heartbeat
     config.keep_alive_timeout = 75
+    if settings.certfile is not None:
+        config.certfile = str(settings.certfile)
+        config.keyfile = str(settings.keyfile)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -132,7 +139,7 @@ async def _serve(settings: Settings) -> None:
         app.begin_shutdown()  # type: ignore[attr-defined]
 
     logging.getLogger("sse_notify").info(
-        "sse-notify on http://%s:%d (data: %s)", settings.host, settings.port, settings.data_dir)
+        "sse-notify on %s://%s:%d (data: %s)", "https" if settings.certfile else "http", settings.host, settings.port, settings.data_dir)
     await hypercorn_serve(app, config, shutdown_trigger=shutdown_trigger)
 
 

@@ -61,6 +61,9 @@ class Settings:
     allow_origin: tuple[str, ...] = ()
     secret: str | None = field(default=None, repr=False)
     access_log: bool = True
+    #: TLS certificate and key (PEM); with both set the service speaks HTTPS and HTTP/2.
+    certfile: Path | None = None
+    keyfile: Path | None = None
     static_dir: Path = Path(__file__).resolve().parent.parent / "static"
 
     _CONVERTERS = {
@@ -74,6 +77,8 @@ class Settings:
         "allow_origin": _split_origins,
         "access_log": lambda v: v if isinstance(v, bool) else str(v).lower() in ("1", "true", "yes", "on"),
         "static_dir": Path,
+        "certfile": Path,
+        "keyfile": Path,
     }
 
     def __post_init__(self) -> None:
@@ -82,6 +87,8 @@ class Settings:
                 raise ValueError(f"{name} must be positive")
         if not 0 <= self.port <= 65535:
             raise ValueError("port must be 0-65535")
+        if (self.certfile is None) != (self.keyfile is None):
+            raise ValueError("certfile and keyfile go together")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
