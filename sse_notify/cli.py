@@ -68,6 +68,7 @@ def serve(**flags: object) -> None:
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     _configure_logging()
+    _raise_fd_limit()
     _run(_serve(settings))
 
 
@@ -91,6 +92,20 @@ def token(user: str | None, publisher: str | None, ttl: int | None, data_dir: Pa
             click.echo(signer.subscriber(user, ttl=ttl or DEFAULT_SUBSCRIBER_TTL))  # type: ignore[arg-type]
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+
+
+def _raise_fd_limit() -> None:
+    """Each stream is a socket: allow as many as the hard limit permits."""
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 1 << 20, hard))
+        except (ValueError, OSError):
+            pass
 
 
 def _configure_logging() -> None:
