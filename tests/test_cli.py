@@ -1,0 +1,187 @@
+"""sse_notify.cli: ``main(argv) -> int`` called directly; no server is started."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from sse_notify import cli
+from sse_notify.cli import main
+from sse_notify.config import load_secret
+from sse_notify.tokens import DEFAULT_SUBSCRIBER_TTL, InvalidToken, TokenSigner
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No SSE_NOTIFY_* from the outer environment; a stray default data dir lands in tmp."""
+    for name in list(os.environ):
+        if name.startswith("SSE_NOTIFY_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def no_serving(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Fail loudly instead of blocking if a test ever gets as far as running the server."""
+    calls: list = []
+
+    def refuse(coro: object) -> None:
+        calls.append(coro)
+        coro.close()  # type: ignore[attr-defined]
+        raise AssertionError("serve got past option validation")
+
+    monkeypatch.setattr(cli, "_run", refuse)
+    return calls
+
+
+def test_token_prints_a_subscriber_token_that_verifies(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data_dir = tmp_path / "d"
+    assert main(["token", "alice", "--data-dir", str(data_dir)]) == 0
+    out = capsys.readouterr().out
+    assert out.endswith("\n") and out.count("\n") == 1  # exactly the token and a newline
+    signer = TokenSigner(load_secret(data_dir))
+    claims = signer.verify_subscriber(out.strip())
+    assert claims.subject == "alice"
+    with pytest.raises(InvalidToken):
+        signer.verify_publisher(out.strip())
+
+
+def test_token_default_and_explicit_ttl(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    signer = TokenSigner(load_secret(tmp_path))
+    assert main(["token", "alice", "--data-dir", str(tmp_path)]) == 0
+    default = signer.verify_subscriber(capsys.readouterr().out.strip())
+    assert abs(default.expires_at - (time.time() + DEFAULT_SUBSCRIBER_TTL)) < 60
+    assert main(["token", "alice", "--ttl", "120", "--data-dir", str(tmp_path)]) == 0
+    short = signer.verify_subscriber(capsys.readouterr().out.strip())
+    assert abs(short.expires_at - (time.time() + 120)) < 60
+
+
+def test_token_uses_the_same_secret_every_time(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["token", "alice", "--data-dir", str(tmp_path)]) == 0
+    first = capsys.readouterr().out.strip()
+    assert main(["token", "bob", "--data-dir", str(tmp_path)]) == 0
+    second = capsys.readouterr().out.strip()
+    signer = TokenSigner(load_secret(tmp_path))
+    assert signer.verify_subscriber(first).subject == "alice"
+    assert signer.verify_subscriber(second).subject == "bob"
+
+
+def test_token_honours_secret_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("SSE_NOTIFY_SECRET", "from-env")
+    assert main(["token", "alice", "--data-dir", str(tmp_path / "d")]) == 0
+    assert TokenSigner("from-env").verify_subscriber(capsys.readouterr().out.strip()).subject == "alice"
+
+
+def test_token_publisher(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["token", "--publisher", "x", "--data-dir", str(tmp_path)]) == 0
+    token = capsys.readouterr().out.strip()
+    signer = TokenSigner(load_secret(tmp_path))
+    claims = signer.verify_publisher(token)
+    assert claims.subject == "x" and claims.expires_at is None
+    with pytest.raises(InvalidToken):
+        signer.verify_subscriber(token)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param(["token", "alice", "--publisher", "x"], id="both"),
+        pytest.param(["token"], id="neither"),
+    ],
+)
+def test_token_needs_exactly_one_subject(argv: list[str], tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*argv, "--data-dir", str(tmp_path)]) != 0
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "--publisher" in captured.err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param(["token", "bad user"], id="space"),
+        pytest.param(["token", "x" * 129], id="too-long"),
+        pytest.param(["token", "--publisher", "a/b"], id="publisher"),
+        pytest.param(["token", "alice", "--ttl", "0"], id="ttl-zero"),
+        pytest.param(["token", "alice", "--ttl", "-5"], id="ttl-negative"),
+        pytest.param(["token", "alice", "--ttl", "soon"], id="ttl-not-int"),
+    ],
+)
+def test_token_invalid_input(argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*argv, "--data-dir", str(tmp_path)]) != 0
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "Error" in captured.err
+
+
+def test_serve_bad_retention_fails_before_serving(no_serving: list, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--retention", "nonsense"]) != 0
+    err = capsys.readouterr().err
+    assert "--retention" in err and "nonsense" in err
+    assert no_serving == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "mentions"),
+    [
+        (["serve", "--port", "99999"], "port"),
+        (["serve", "--port", "eighty"], "port"),
+        (["serve", "--heartbeat", "0"], "heartbeat"),
+        (["serve", "--stream-buffer", "-1"], "stream_buffer"),
+        (["serve", "--certfile", "/nonexistent/cert.pem"], "certfile"),
+        (["serve", "--no-such-flag"], "no-such-flag"),
+    ],
+)
+def test_serve_invalid_options_fail_before_serving(argv: list[str], mentions: str, no_serving: list,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) != 0
+    assert mentions in capsys.readouterr().err
+    assert no_serving == []
+
+
+def test_serve_invalid_environment_fails_before_serving(monkeypatch: pytest.MonkeyPatch, no_serving: list,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("SSE_NOTIFY_RETENTION", "forever")
+    assert main(["serve"]) != 0
+    assert "retention" in capsys.readouterr().err
+    assert no_serving == []
+
+
+def test_serve_passes_flags_over_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    seen: list = []
+
+    async def fake_serve(settings: object) -> None:
+        seen.append(settings)
+
+    monkeypatch.setattr(cli, "_serve", fake_serve)
+    monkeypatch.setattr(cli, "_configure_logging", lambda: None)
+    monkeypatch.setenv("SSE_NOTIFY_PORT", "9001")
+    monkeypatch.setenv("SSE_NOTIFY_HEARTBEAT", "7")
+    monkeypatch.setenv("SSE_NOTIFY_ALLOW_ORIGIN", "https://env.example")
+    assert main(["serve", "--port", "9002", "--retention", "12h", "--data-dir", str(tmp_path)]) == 0
+    [settings] = seen
+    assert (settings.port, settings.heartbeat, settings.retention) == (9002, 7.0, 43200)
+    assert settings.allow_origin == ("https://env.example",)  # no flag: the variable stays
+    assert settings.data_dir == tmp_path
+    seen.clear()
+    assert main(["serve", "--allow-origin", "https://a.example", "--allow-origin", "https://b.example/",
+                 "--no-access-log"]) == 0
+    assert seen[0].allow_origin == ("https://a.example", "https://b.example")
+    assert seen[0].access_log is False
+
+
+def test_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    assert "serve" in capsys.readouterr().out
+    assert main(["--version"]) == 0
+    assert "1.0.0" in capsys.readouterr().out
+
+
+def test_unknown_command_fails(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["frobnicate"]) != 0
+    assert "frobnicate" in capsys.readouterr().err

@@ -1,0 +1,404 @@
+"""sse_notify.store.sqlite: the embedded store against a temporary directory."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from sse_notify.models import Notification, NotificationDraft, now_ms
+from sse_notify.store import HistoryPage, StoreUnavailable, open_store
+from sse_notify.store import sqlite as sqlite_module
+from sse_notify.store.sqlite import IDEMPOTENCY_WINDOW_MS, SQLiteStore
+
+
+def draft(user: str | None = "alice", title: str = "t", topic: str | None = None,
+          **kw: object) -> NotificationDraft:
+    return NotificationDraft(user, title, topic=topic, **kw)  # type: ignore[arg-type]
+
+
+async def add_one(store: SQLiteStore, user: str | None = "alice", topic: str | None = None,
+                  **kw: object) -> int:
+    [nid] = (await store.add([draft(user, topic=topic, **kw)], "pub")).ids
+    return nid
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "data" / "notifications.db"
+
+
+@pytest.fixture
+async def store(db_path: Path) -> AsyncIterator[SQLiteStore]:
+    s = SQLiteStore(db_path)
+    await s.open()
+    yield s
+    await s.close()
+
+
+async def reopen(store: SQLiteStore) -> SQLiteStore:
+    await store.close()
+    fresh = SQLiteStore(store.path)
+    await fresh.open()
+    return fresh
+
+
+class Clock:
+    """Controls the store's ``now_ms`` (creation times, prune cut-offs, idempotency window)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch):
+        self.now = 1_700_000_000_000
+        monkeypatch.setattr(sqlite_module, "now_ms", lambda: self.now)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    return Clock(monkeypatch)
+
+
+# -- ids and durability ---------------------------------------------------------------
+
+async def test_ids_strictly_increase_across_batches_and_after_reopen(store: SQLiteStore) -> None:
+    first = (await store.add([draft("a"), draft("b"), draft(None)], "pub")).ids
+    second = (await store.add([draft("c")], "pub")).ids
+    assert first == [1, 2, 3] and second == [4]
+    store = await reopen(store)
+    try:
+        assert (await store.add([draft("d"), draft("e")], "pub")).ids == [5, 6]
+        assert await store.max_id() == 6
+    finally:
+        await store.close()
+
+
+async def test_data_survives_reopen(store: SQLiteStore) -> None:
+    await store.add([draft("alice", title="Hello", topic="chat", body="b", priority="high",
+                           data={"k": [1, {"x": None}]})], "pub")
+    await store.mark_read("alice", [1])
+    store = await reopen(store)
+    try:
+        page = await store.history("alice", 10, None, None)
+        [(n, read)] = page.items
+        assert (n.id, n.user, n.topic, n.title, n.body, n.priority, n.data) == (
+            1, "alice", "chat", "Hello", "b", "high", {"k": [1, {"x": None}]})
+        assert read is True
+    finally:
+        await store.close()
+
+
+async def test_created_at_is_set_and_never_goes_backwards(store: SQLiteStore, clock: Clock) -> None:
+    await add_one(store)
+    clock.now -= 5000  # the wall clock steps back
+    await add_one(store)
+    [(n2, _), (n1, _)] = (await store.history("alice", 10, None, None)).items
+    assert n1.created_at == 1_700_000_000_000
+    assert n2.created_at >= n1.created_at
+
+
+# -- group commit ---------------------------------------------------------------------
+
+async def test_group_commit_batches_concurrent_adds(store: SQLiteStore) -> None:
+    batches: list[list[Notification]] = []
+    store.on_commit = batches.append
+    results = await asyncio.gather(*(store.add([draft(f"u{i}")], "pub") for i in range(200)))
+    ids = [r.ids[0] for r in results]
+    assert sorted(ids) == list(range(1, 201))  # distinct and contiguous
+    assert len(batches) < 200  # fewer commits than calls
+    committed = [n.id for batch in batches for n in batch]
+    assert committed == list(range(1, 201))  # on_commit saw everything, in id order
+    # each caller's notification went to the matching recipient
+    by_id = {n.id: n.user for batch in batches for n in batch}
+    assert all(by_id[r.ids[0]] == f"u{i}" for i, r in enumerate(results))
+
+
+async def test_on_commit_runs_in_id_order_before_add_returns(store: SQLiteStore) -> None:
+    seen: list[int] = []
+    store.on_commit = lambda batch: seen.extend(n.id for n in batch)
+
+    async def add_and_check(i: int) -> None:
+        ids = (await store.add([draft("alice"), draft("bob")], "pub")).ids
+        assert set(ids) <= set(seen), "add() returned before on_commit saw its ids"
+
+    for _ in range(3):  # several rounds: several batches
+        await asyncio.gather(*(add_and_check(i) for i in range(20)))
+    assert seen == list(range(1, 121))
+
+
+async def test_failing_commit_listener_does_not_fail_add(store: SQLiteStore) -> None:
+    def boom(batch: list[Notification]) -> None:
+        raise RuntimeError("listener broke")
+
+    store.on_commit = boom
+    assert (await store.add([draft()], "pub")).ids == [1]
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: one failing job poisons its whole group-commit batch: "
+                   "mark_read with an id > 2**63-1 raises OverflowError in _do_mark, "
+                   "_commit_batch rolls back and fails every queued add() with StoreUnavailable "
+                   "(sqlite.py:218-223); reachable from a WebSocket read frame, whose id check "
+                   "has no upper bound (transports/ws.py:139-140)")
+async def test_a_bad_job_does_not_fail_other_writers_in_the_batch(store: SQLiteStore) -> None:
+    results = await asyncio.gather(
+        store.add([draft("alice")], "pub"),
+        store.mark_read("alice", [2**63]),
+        store.add([draft("bob")], "pub"),
+        return_exceptions=True,
+    )
+    assert [r.ids for r in (results[0], results[2])] == [[1], [2]]  # type: ignore[union-attr]
+
+
+# -- idempotency ----------------------------------------------------------------------
+
+async def test_idempotent_repeat_stores_nothing_new(store: SQLiteStore) -> None:
+    committed: list[int] = []
+    store.on_commit = lambda batch: committed.extend(n.id for n in batch)
+    first = await store.add([draft("a"), draft("b")], "pub", "key-1")
+    again = await store.add([draft("a"), draft("b")], "pub", "key-1")
+    assert first.created is True and again.created is False
+    assert again.ids == first.ids == [1, 2]
+    assert committed == [1, 2]
+    assert await store.max_id() == 2
+    other_key = await store.add([draft("a")], "pub", "key-2")
+    assert other_key.created is True and other_key.ids == [3]
+
+
+async def test_same_key_from_another_publisher_is_new(store: SQLiteStore) -> None:
+    first = await store.add([draft("a")], "pub-1", "k")
+    other = await store.add([draft("a")], "pub-2", "k")
+    assert other.created is True and other.ids != first.ids
+
+
+async def test_idempotent_repeat_within_one_batch(store: SQLiteStore) -> None:
+    a, b = await asyncio.gather(store.add([draft("a")], "pub", "k"), store.add([draft("a")], "pub", "k"))
+    assert (a.created, b.created) == (True, False)
+    assert a.ids == b.ids
+    assert await store.max_id() == 1
+
+
+async def test_idempotency_key_expires_after_a_day(store: SQLiteStore, clock: Clock) -> None:
+    first = await store.add([draft("a")], "pub", "k")
+    clock.now += IDEMPOTENCY_WINDOW_MS - 1
+    assert (await store.add([draft("a")], "pub", "k")).created is False
+    clock.now += 2
+    later = await store.add([draft("a")], "pub", "k")
+    assert later.created is True and later.ids != first.ids
+
+
+async def test_without_key_every_add_is_new(store: SQLiteStore) -> None:
+    assert (await store.add([draft()], "pub")).ids == [1]
+    assert (await store.add([draft()], "pub")).ids == [2]
+
+
+# -- replay ---------------------------------------------------------------------------
+
+async def test_replay_after_id_own_and_broadcast_ascending(store: SQLiteStore) -> None:
+    for user in ["alice", "bob", None, "alice", "bob", None]:
+        await add_one(store, user)
+    replay = await store.replay("alice", 0, None, 100)
+    assert [n.id for n in replay] == [1, 3, 4, 6]
+    assert [n.id for n in await store.replay("alice", 3, None, 100)] == [4, 6]
+    assert [n.id for n in await store.replay("alice", 6, None, 100)] == []
+    assert [n.id for n in await store.replay("carol", 0, None, 100)] == [3, 6]
+
+
+async def test_replay_limit_keeps_the_oldest(store: SQLiteStore) -> None:
+    for user in ["alice", None, "alice", None, "alice"]:
+        await add_one(store, user)
+    assert [n.id for n in await store.replay("alice", 0, None, 2)] == [1, 2]
+    assert [n.id for n in await store.replay("alice", 2, None, 2)] == [3, 4]
+
+
+async def test_replay_topic_filter(store: SQLiteStore) -> None:
+    await add_one(store, "alice", "a")
+    await add_one(store, "alice", "b")
+    await add_one(store, "alice", None)
+    await add_one(store, None, "a")
+    await add_one(store, None, "c")
+    assert [n.id for n in await store.replay("alice", 0, frozenset({"a"}), 100)] == [1, 4]
+    assert [n.id for n in await store.replay("alice", 0, frozenset({"a", "b"}), 100)] == [1, 2, 4]
+    assert [n.id for n in await store.replay("alice", 0, frozenset({"zzz"}), 100)] == []
+    assert [n.id for n in await store.replay("alice", 0, None, 100)] == [1, 2, 3, 4, 5]
+
+
+# -- history --------------------------------------------------------------------------
+
+def _ids(page: HistoryPage) -> list[int]:
+    return [n.id for n, _ in page.items]
+
+
+async def test_history_newest_first_with_paging(store: SQLiteStore) -> None:
+    for user in ["alice", "bob", None, "alice", None]:
+        await add_one(store, user)
+    page = await store.history("alice", 2, None, None)
+    assert _ids(page) == [5, 4] and page.next_before == 4
+    page = await store.history("alice", 2, page.next_before, None)
+    assert _ids(page) == [3, 1] and page.next_before is None  # nothing older is left
+
+
+async def test_history_next_before_null_exactly_when_no_more(store: SQLiteStore) -> None:
+    for _ in range(3):
+        await add_one(store)
+    exact = await store.history("alice", 3, None, None)
+    assert _ids(exact) == [3, 2, 1] and exact.next_before is None
+    short = await store.history("alice", 2, None, None)
+    assert short.next_before == 2
+    empty = await store.history("nobody", 5, None, None)
+    assert empty.items == [] and empty.next_before is None
+
+
+async def test_history_before_is_exclusive(store: SQLiteStore) -> None:
+    for _ in range(4):
+        await add_one(store)
+    assert _ids(await store.history("alice", 10, 3, None)) == [2, 1]
+    assert _ids(await store.history("alice", 10, 1, None)) == []
+
+
+async def test_history_read_flags_and_unread_filter(store: SQLiteStore) -> None:
+    for user in ["alice", None, "alice", None]:
+        await add_one(store, user)
+    await store.mark_read("alice", [2, 3])
+    page = await store.history("alice", 10, None, None)
+    assert [(n.id, read) for n, read in page.items] == [(4, False), (3, True), (2, True), (1, False)]
+    unread = await store.history("alice", 1, None, True)
+    assert _ids(unread) == [4] and unread.next_before == 4
+    unread = await store.history("alice", 1, 4, True)
+    assert _ids(unread) == [1] and unread.next_before is None
+    read = await store.history("alice", 10, None, False)
+    assert [(n.id, r) for n, r in read.items] == [(3, True), (2, True)]
+
+
+# -- state and read state -------------------------------------------------------------
+
+async def test_state_counts_own_and_broadcast(store: SQLiteStore) -> None:
+    assert await store.state("alice") == (0, 0, 0)
+    for user in ["alice", "bob", None, "bob"]:
+        await add_one(store, user)
+    assert await store.state("alice") == (3, 2, 0)
+    assert await store.state("bob") == (4, 3, 0)
+    assert await store.state("carol") == (3, 1, 0)
+    await store.mark_read("alice", [3])
+    assert await store.state("alice") == (3, 1, 0)
+
+
+async def test_mark_read_returns_only_changed_visible_ids(store: SQLiteStore) -> None:
+    for user in ["alice", "bob", None]:
+        await add_one(store, user)
+    assert await store.mark_read("alice", [3, 1, 2, 99]) == [1, 3]  # 2 is bob's, 99 absent
+    assert await store.mark_read("alice", [1, 3]) == []
+    assert await store.mark_read("alice", [1, 1]) == []
+    assert await store.state("bob") == (3, 2, 0)  # alice's reads are hers alone
+
+
+async def test_mark_read_many_ids(store: SQLiteStore) -> None:
+    ids = (await store.add([draft("alice") for _ in range(1200)], "pub")).ids
+    assert await store.mark_read("alice", ids) == ids
+    assert (await store.state("alice"))[1] == 0
+
+
+async def test_mark_all_read(store: SQLiteStore) -> None:
+    for user in ["alice", "bob", None, "alice"]:
+        await add_one(store, user)
+    await store.mark_read("alice", [1])
+    assert await store.mark_all_read("alice") == [3, 4]
+    assert await store.mark_all_read("alice") == []
+    assert (await store.state("alice"))[1] == 0
+    assert await store.state("bob") == (3, 2, 0)
+
+
+async def test_broadcast_read_state_is_per_user(store: SQLiteStore) -> None:
+    nid = await add_one(store, None)
+    assert await store.mark_read("alice", [nid]) == [nid]
+    assert await store.mark_read("bob", [nid]) == [nid]  # bob's state changed too
+    assert [r for _, r in (await store.history("alice", 5, None, None)).items] == [True]
+    assert [r for _, r in (await store.history("carol", 5, None, None)).items] == [False]
+    assert (await store.state("carol"))[1] == 1
+
+
+async def test_is_visible(store: SQLiteStore) -> None:
+    own, other, broadcast = [await add_one(store, u) for u in ("alice", "bob", None)]
+    assert await store.is_visible("alice", own)
+    assert not await store.is_visible("alice", other)
+    assert await store.is_visible("alice", broadcast)
+    assert not await store.is_visible("alice", 999)
+
+
+# -- retention ------------------------------------------------------------------------
+
+async def test_prune_removes_old_rows_and_sets_pruned_through(store: SQLiteStore, clock: Clock) -> None:
+    old = [await add_one(store, u) for u in ("alice", None)]
+    await store.mark_read("alice", old)
+    clock.now += 10_000
+    new = await add_one(store, "alice")
+    assert await store.prune(clock.now - 5_000) == 2
+    assert _ids(await store.history("alice", 10, None, None)) == [new]
+    assert [n.id for n in await store.replay("alice", 0, None, 10)] == [new]
+    assert await store.state("alice") == (new, 1, old[-1])
+    assert not await store.is_visible("alice", old[0])
+    assert await store.mark_read("alice", old) == []
+    assert await store.prune(clock.now - 5_000) == 0  # nothing more to remove
+    assert (await store.state("alice"))[2] == old[-1]
+
+
+async def test_ids_never_reused_after_everything_is_pruned_and_reopened(
+        store: SQLiteStore, clock: Clock) -> None:
+    for _ in range(3):
+        await add_one(store)
+    clock.now += 1000
+    assert await store.prune(clock.now) == 3
+    store = await reopen(store)
+    try:
+        assert await store.state("alice") == (0, 0, 3)
+        assert await store.max_id() == 3
+        assert await add_one(store) == 4
+    finally:
+        await store.close()
+
+
+async def test_prune_drops_expired_idempotency_keys(store: SQLiteStore, clock: Clock) -> None:
+    await store.add([draft()], "pub", "k")
+    clock.now += IDEMPOTENCY_WINDOW_MS + 1
+    await store.prune(0)  # removes no notification, only expired keys
+    assert await store.max_id() == 1
+    clock.now -= 2  # even back inside the window the key is gone
+    assert (await store.add([draft()], "pub", "k")).created is True
+
+
+# -- lifecycle ------------------------------------------------------------------------
+
+async def test_add_after_close_is_unavailable(store: SQLiteStore) -> None:
+    await store.close()
+    with pytest.raises(StoreUnavailable):
+        await store.add([draft()], "pub")
+    with pytest.raises(StoreUnavailable):
+        await store.mark_read("alice", [1])
+    with pytest.raises(StoreUnavailable):
+        await store.state("alice")
+    with pytest.raises(StoreUnavailable):
+        await store.ping()
+
+
+async def test_add_racing_close_fails_cleanly(store: SQLiteStore) -> None:
+    task = asyncio.create_task(store.add([draft()], "pub"))
+    await store.close()
+    with pytest.raises(StoreUnavailable):
+        await task
+
+
+async def test_ping(store: SQLiteStore) -> None:
+    await store.ping()
+
+
+async def test_open_store_picks_sqlite_by_scheme(tmp_path: Path) -> None:
+    s = open_store(f"sqlite:///{tmp_path / 'x.db'}")
+    assert isinstance(s, SQLiteStore) and s.path == tmp_path / "x.db"
+    assert SQLiteStore.from_url("sqlite:///rel/x.db").path == Path("rel/x.db")
+    with pytest.raises(ValueError):
+        open_store("postgres://db/x")
+    with pytest.raises(ValueError):
+        SQLiteStore.from_url("sqlite:///")
+
+
+def test_now_ms_is_milliseconds() -> None:
+    assert 1_600_000_000_000 < now_ms() < 10_000_000_000_000
+
