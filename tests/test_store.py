@@ -209,6 +209,23 @@ async def test_replay_limit_keeps_the_oldest(store: SQLiteStore) -> None:
     assert [n.id for n in await store.replay("alice", 2, None, 2)] == [3, 4]
 
 
+async def test_reads_cancelled_midway_never_pin_an_old_snapshot(store: SQLiteStore) -> None:
+    # A client that drops mid-replay cancels the read awaiting the store. That must not
+    # leave the shared read connection inside an old read transaction: every later read,
+    # for every user, would then miss what was committed since (a gap on reconnect).
+    for _ in range(50):
+        await add_one(store)
+    for i in range(100):
+        read = asyncio.create_task(store.replay("alice", 0, None, 1000))
+        for _ in range(1 + i % 5):  # cancel at different points of the read
+            await asyncio.sleep(0)
+        read.cancel()
+        await asyncio.gather(read, return_exceptions=True)
+    newest = await add_one(store)
+    assert (await store.state("alice"))[0] == newest
+    assert [n.id for n in await store.replay("alice", newest - 1, None, 10)] == [newest]
+
+
 async def test_replay_topic_filter(store: SQLiteStore) -> None:
     await add_one(store, "alice", "a")
     await add_one(store, "alice", "b")

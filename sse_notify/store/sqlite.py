@@ -9,7 +9,8 @@ Deliberate decisions:
 * **Ids are assigned by the writer**, in commit order, from a high-water mark that also
   covers pruned rows (kept in ``meta``), so an id is never reused and ids increase in the
   order notifications are committed.
-* **Reads use their own connection**; WAL lets them run beside the writer.
+* **Reads use their own connection**; WAL lets them run beside the writer. Each read
+  runs to completion in that connection's thread, whether or not its caller is cancelled.
 * ``synchronous=FULL``: a committed batch survives power loss, not just a process crash.
   Group commit keeps that affordable.
 """
@@ -309,8 +310,11 @@ class SQLiteStore:
         if self._reader is None:
             raise StoreUnavailable("the store is not open")
         try:
-            async with self._reader.execute(sql, params) as cur:
-                return list(await cur.fetchall())
+            # One call in the connection's thread: execute and fetch to the end there. With
+            # execute() then fetchall(), a caller cancelled in between (a client that drops
+            # mid-replay) leaves a stepped statement open, and that pins this connection to
+            # an old snapshot, so every later read misses newer commits.
+            return list(await self._reader.execute_fetchall(sql, params))
         except aiosqlite.Error as exc:
             raise StoreUnavailable(str(exc)) from exc
 
