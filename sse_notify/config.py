@@ -7,6 +7,7 @@ Also owns the server secret: ``SSE_NOTIFY_SECRET`` when set, else
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import secrets
@@ -36,6 +37,17 @@ def parse_duration(text: str | int | float) -> int:
     if seconds <= 0:
         raise ValueError("a duration must be positive")
     return seconds
+
+
+def _boolean(value: str | bool) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected one of 1/0, true/false, yes/no, on/off")
 
 
 def _split_origins(value: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -75,7 +87,7 @@ class Settings:
         "max_body": int,
         "retention": parse_duration,
         "allow_origin": _split_origins,
-        "access_log": lambda v: v if isinstance(v, bool) else str(v).lower() in ("1", "true", "yes", "on"),
+        "access_log": _boolean,
         "static_dir": Path,
         "certfile": Path,
         "keyfile": Path,
@@ -83,8 +95,9 @@ class Settings:
 
     def __post_init__(self) -> None:
         for name in ("heartbeat", "retry", "stream_buffer", "max_body"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive")
+            value = getattr(self, name)
+            if not (0 < value < math.inf):  # also refuses nan
+                raise ValueError(f"{name} must be a positive number")
         if not 0 <= self.port <= 65535:
             raise ValueError("port must be 0-65535")
         if (self.certfile is None) != (self.keyfile is None):
