@@ -61,7 +61,10 @@ class TokenSigner:
         return self._publisher.dumps({"u": name, "e": None if ttl is None else time.time() + ttl})
 
     def verify_subscriber(self, token: str | None) -> Claims:
-        return self._verify(self._subscriber, token)
+        claims = self._verify(self._subscriber, token)
+        if claims.expires_at is None:  # subscriber tokens always expire
+            raise InvalidToken
+        return claims
 
     def verify_publisher(self, token: str | None) -> Claims:
         return self._verify(self._publisher, token)

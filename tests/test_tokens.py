@@ -117,9 +117,6 @@ def test_validly_signed_malformed_payloads_are_refused(signer: TokenSigner, payl
         signer.verify_subscriber(serializer.dumps(payload))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: verify_subscriber accepts a subscriber payload "
-                   "without expiry ('e' missing/null) as a never-expiring token; the contract "
-                   "requires an expiry on subscriber tokens (tokens.py:82)")
 def test_subscriber_token_without_expiry_is_refused(signer: TokenSigner) -> None:
     serializer = URLSafeTimedSerializer(SECRET, salt=tokens._SUBSCRIBER_SALT)
     with pytest.raises(InvalidToken):
