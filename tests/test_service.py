@@ -152,10 +152,6 @@ async def test_prune_keeps_notifications_within_retention(settings: Settings) ->
         await svc.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a Service cannot be started again after stop(): "
-                   "MemoryBroker.close() leaves its _CLOSED sentinel in the queue and open() "
-                   "does not clear it, so the new pump's listen() returns at once and nothing "
-                   "is ever dispatched again (broker/memory.py:20-25)")
 async def test_service_can_restart(settings: Settings) -> None:
     svc = Service(settings)
     await svc.start()

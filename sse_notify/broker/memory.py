@@ -18,6 +18,7 @@ class MemoryBroker:
         self._closed = False
 
     async def open(self) -> None:
+        self._queue = asyncio.Queue()  # drop a previous run's close sentinel
         self._closed = False
 
     async def close(self) -> None:
