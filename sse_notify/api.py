@@ -18,7 +18,7 @@ from quart_schema import document_querystring, document_request, document_respon
 from .auth import subscriber_token, verify_publisher, verify_subscriber
 from .errors import ApiError
 from .metrics import CONTENT_TYPE, render_metrics
-from .models import iso_ms
+from .models import MAX_ID, iso_ms
 from .schemas import (
     ErrorBody, HistoryQuery, HistoryResponse, IdsResponse, MarkReadBody, PublishBody,
     TokenBody, TokenResponse, UpdatedResponse, parse,
@@ -32,7 +32,6 @@ __all__ = ["api"]
 api = Blueprint("api", __name__)
 
 _IDEMPOTENCY_KEY_RE = re.compile(r"[\x20-\x7e]{1,128}")
-_MAX_ID = 2**63 - 1
 
 
 def _service() -> Service:
@@ -96,7 +95,7 @@ def _int_arg(value: str | None, name: str, default: int | None) -> Any:
         return default
     if not re.fullmatch(r"-?[0-9]{1,19}", value.strip()):
         raise ApiError.invalid(f"{name} must be an integer.")
-    return max(min(int(value), _MAX_ID), -_MAX_ID)
+    return max(min(int(value), MAX_ID), -MAX_ID)
 
 
 @api.post("/notifications/<int:id>/read")
@@ -104,7 +103,7 @@ def _int_arg(value: str | None, name: str, default: int | None) -> Any:
 async def mark_one_read(id: int) -> Response:
     user = _subscriber()
     service = _service()
-    if id > _MAX_ID or not await service.store.is_visible(user, id):
+    if id > MAX_ID or not await service.store.is_visible(user, id):
         raise ApiError.not_found(f"Notification {id} does not exist or is not yours.")
     await service.mark_read(user, [id])
     return Response(b"", status=204)

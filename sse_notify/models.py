@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from typing import Any, Literal
 
 __all__ = [
+    "MAX_ID",
     "NAME_RE",
     "PRIORITIES",
     "Notification",
@@ -24,6 +25,9 @@ __all__ = [
     "now_ms",
     "valid_name",
 ]
+
+#: The largest notification id (SQLite's integer range); larger ones can never exist.
+MAX_ID = 2**63 - 1
 
 #: User ids, publisher names and topics.
 NAME_RE = re.compile(r"[A-Za-z0-9._@:-]{1,128}")

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from .errors import ApiError
-from .models import NotificationDraft
+from .models import MAX_ID, NotificationDraft
 
 __all__ = [
     "ErrorBody", "HistoryQuery", "HistoryResponse", "IdsResponse", "MarkReadBody",
@@ -21,7 +21,7 @@ __all__ = [
 ]
 
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._@:-]{1,128}$")]
-Id = Annotated[int, Field(ge=1, le=2**63 - 1)]
+Id = Annotated[int, Field(ge=1, le=MAX_ID)]
 MAX_USERS = 1000
 MAX_READ_IDS = 1000
 MAX_TOKEN_TTL = 366 * 86400

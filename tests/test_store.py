@@ -133,11 +133,6 @@ async def test_failing_commit_listener_does_not_fail_add(store: SQLiteStore) -> 
     assert (await store.add([draft()], "pub")).ids == [1]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: one failing job poisons its whole group-commit batch: "
-                   "mark_read with an id > 2**63-1 raises OverflowError in _do_mark, "
-                   "_commit_batch rolls back and fails every queued add() with StoreUnavailable "
-                   "(sqlite.py:218-223); reachable from a WebSocket read frame, whose id check "
-                   "has no upper bound (transports/ws.py:139-140)")
 async def test_a_bad_job_does_not_fail_other_writers_in_the_batch(store: SQLiteStore) -> None:
     results = await asyncio.gather(
         store.add([draft("alice")], "pub"),

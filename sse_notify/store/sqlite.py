@@ -83,13 +83,22 @@ def _visible(where: str = "") -> str:
             f"UNION ALL SELECT {_COLUMNS} FROM notifications WHERE user IS NULL {where}")
 
 
+_Job = tuple[str, tuple[Any, ...], "asyncio.Future[Any]"]
+
+
+def _fail(jobs: list[_Job], error: Exception) -> None:
+    for *_, future in jobs:
+        if not future.done():
+            future.set_exception(error)
+
+
 class SQLiteStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.on_commit: Callable[[list[Notification]], None] | None = None
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
-        self._jobs: list[tuple[str, tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._jobs: list[_Job] = []
         self._wake = asyncio.Event()
         self._writer_task: asyncio.Task[None] | None = None
         self._last_id = 0
@@ -142,9 +151,7 @@ class SQLiteStore:
             except asyncio.CancelledError:
                 pass
             self._writer_task = None
-        for job in self._jobs:  # queued after the writer stopped: never started
-            if not job[2].done():
-                job[2].set_exception(StoreUnavailable("the store is closed"))
+        _fail(self._jobs, StoreUnavailable("the store is closed"))  # queued, never started
         self._jobs = []
         for db in (self._reader, self._writer):
             if db is not None:
@@ -185,42 +192,21 @@ class SQLiteStore:
             if jobs:
                 await self._commit_batch(jobs)
 
-    async def _commit_batch(self, jobs: list[tuple[str, tuple[Any, ...], asyncio.Future[Any]]]) -> None:
-        db = self._writer
-        assert db is not None
-        last_id, last_created, pruned = self._last_id, self._last_created, self._pruned_through
-        committed: list[Notification] = []
-        results: list[Any] = []
+    async def _commit_batch(self, jobs: list[_Job]) -> None:
         try:
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                for kind, args, _ in jobs:
-                    if kind == "add":
-                        results.append(await self._do_add(db, committed, *args))
-                    elif kind == "mark":
-                        results.append(await self._do_mark(db, *args))
-                    elif kind == "mark_all":
-                        results.append(await self._do_mark_all(db, *args))
-                    else:
-                        results.append(await self._do_prune(db, *args))
-                await db.execute("COMMIT")
-            except BaseException:
-                self._last_id, self._last_created, self._pruned_through = last_id, last_created, pruned
-                try:
-                    await db.execute("ROLLBACK")
-                except Exception:  # the transaction may already be gone
-                    pass
-                raise
+            committed, results = await self._transaction(jobs)
         except asyncio.CancelledError:
-            for *_, future in jobs:
-                if not future.done():
-                    future.set_exception(StoreUnavailable("the store is closing"))
+            _fail(jobs, StoreUnavailable("the store is closing"))
             raise
         except Exception as exc:
+            if len(jobs) > 1:
+                # One bad job must not fail the others queued with it: rare, so only now
+                # pay for a transaction per job, and only the culprit fails.
+                for job in jobs:
+                    await self._commit_batch([job])
+                return
             log.error("storage write failed: %s", exc)
-            for *_, future in jobs:
-                if not future.done():
-                    future.set_exception(StoreUnavailable(str(exc)))
+            _fail(jobs, StoreUnavailable(str(exc)))
             return
         if committed and self.on_commit is not None:
             try:
@@ -230,6 +216,34 @@ class SQLiteStore:
         for (_, _, future), result in zip(jobs, results):
             if not future.done():
                 future.set_result(result)
+
+    async def _transaction(self, jobs: list[_Job]) -> tuple[list[Notification], list[Any]]:
+        """Run ``jobs`` in one transaction; on any failure undo all of it, ids included."""
+        db = self._writer
+        assert db is not None
+        saved = self._last_id, self._last_created, self._pruned_through
+        committed: list[Notification] = []
+        results: list[Any] = []
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            for kind, args, _ in jobs:
+                if kind == "add":
+                    results.append(await self._do_add(db, committed, *args))
+                elif kind == "mark":
+                    results.append(await self._do_mark(db, *args))
+                elif kind == "mark_all":
+                    results.append(await self._do_mark_all(db, *args))
+                else:
+                    results.append(await self._do_prune(db, *args))
+            await db.execute("COMMIT")
+        except BaseException:
+            self._last_id, self._last_created, self._pruned_through = saved
+            try:
+                await db.execute("ROLLBACK")
+            except Exception:  # the transaction may already be gone
+                pass
+            raise
+        return committed, results
 
     async def _do_add(self, db: aiosqlite.Connection, committed: list[Notification],
                       drafts: list[NotificationDraft], publisher: str,

@@ -19,6 +19,7 @@ import orjson
 from ..auth import bearer, verify_subscriber
 from ..errors import ApiError
 from ..feed import Feed, parse_cursor
+from ..schemas import MarkReadBody, parse
 from ..service import Service
 from ..store import StoreUnavailable
 from ..tokens import Claims
@@ -31,7 +32,6 @@ __all__ = ["WebSocketEndpoint"]
 log = logging.getLogger(__name__)
 
 AUTH_TIMEOUT = 10.0
-MAX_READ_IDS = 1000
 
 CLOSE_CODES = {"expired": 4401, "overflow": 1013, "shutdown": 1001}
 
@@ -133,16 +133,13 @@ class WebSocketEndpoint:
                 await _send_error(send, "bad_request", "Unknown frame type; expected read or ping.")
 
     async def _mark_read(self, send: ASGISend, user: str, frame: dict[str, Any]) -> None:
-        ids = frame.get("ids")
-        if frame.get("all") is True and ids is None:
-            ids = None
-        elif (not isinstance(ids, list) or not 1 <= len(ids) <= MAX_READ_IDS
-              or not all(type(i) is int and i > 0 for i in ids)):
-            await _send_error(send, "bad_request",
-                              f'"ids" must be a list of 1 to {MAX_READ_IDS} positive integers.')
-            return
+        """``{"type": "read", "ids": [...]}`` or ``{..., "all": true}``, checked like the
+        body of ``POST /notifications/read``."""
         try:
-            await self.service.mark_read(user, ids)
+            body = parse(MarkReadBody, {k: v for k, v in frame.items() if k != "type"})
+            await self.service.mark_read(user, body.ids)
+        except ApiError as error:
+            await _send_error(send, "bad_request", error.message)
         except StoreUnavailable:
             await _send_error(send, "unavailable", "Storage is unavailable; try again.")
 

@@ -199,6 +199,8 @@ BAD_FRAMES = [
     '{"type": "read", "ids": ["1"]}',
     '{"type": "read", "ids": [1.5]}',
     '{"type": "read", "ids": [true]}',
+    '{"type": "read", "ids": [9223372036854775808]}',  # above SQLite's integer range
+    '{"type": "read", "ids": [1], "all": true}',
     b'{"type": "ping"}\xff',  # binary, not UTF-8 JSON
 ]
 
