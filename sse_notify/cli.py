@@ -152,10 +152,21 @@ async def _serve(settings: Settings) -> None:
         await stop.wait()
         logging.getLogger("sse_notify").info("shutting down")
         app.begin_shutdown()  # type: ignore[attr-defined]
+        _stop_websocket_pings()
 
     logging.getLogger("sse_notify").info(
         "sse-notify on %s://%s:%d (data: %s)", "https" if settings.certfile else "http", settings.host, settings.port, settings.data_dir)
     await hypercorn_serve(app, config, shutdown_trigger=shutdown_trigger)
+
+
+def _stop_websocket_pings() -> None:
+    """Hypercorn's WebSocket ping loop sleeps a whole ``--heartbeat`` before it notices that
+    its socket closed, and the connection's task lives until it does; at shutdown Hypercorn
+    would wait out its graceful timeout for sockets already gone. Cancelling the loops (a
+    cancelled child does not fail Hypercorn's task group) lets those connections end now."""
+    for task in asyncio.all_tasks():
+        if getattr(task.get_coro(), "__qualname__", "") == "WSStream._send_pings":
+            task.cancel()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

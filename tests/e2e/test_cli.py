@@ -353,11 +353,6 @@ async def test_sigint_and_sigterm_exit_0_within_5s_with_open_sse_and_websocket(
                          _shutdown_with_open_streams(servers[1], signal.SIGTERM))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a WebSocket that has closed keeps its Hypercorn connection task alive up to "
-    "--heartbeat seconds (Hypercorn's ping loop, enabled by cli._serve setting "
-    "websocket_ping_interval=heartbeat), so shutdown waits the whole graceful timeout (3 s) "
-    "and then logs an asyncio ERROR with a CancelledError traceback"))
 async def test_shutdown_after_websocket_clients_is_quick_and_logs_no_error(
         make_server: Callable[..., ServerProcess]) -> None:
     server = make_server()
