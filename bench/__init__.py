@@ -1,0 +1,1 @@
+"""The sse-notify benchmark suite: ``python -m bench`` (see bench/README.md)."""
