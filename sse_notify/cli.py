@@ -13,12 +13,13 @@ import asyncio
 import logging
 import signal
 import sys
+from datetime import datetime, timezone
 from collections.abc import Sequence
 from pathlib import Path
 
 import click
 
-from .config import Settings, parse_duration
+from .config import SECRET_FILE, Settings, parse_duration, rotate_secret
 from .tokens import DEFAULT_SUBSCRIBER_TTL, TokenSigner
 
 __all__ = ["main"]
@@ -83,8 +84,7 @@ def token(user: str | None, publisher: str | None, ttl: int | None, data_dir: Pa
         raise click.UsageError("give either USER or --publisher NAME")
     if ttl is not None and ttl <= 0:
         raise click.BadParameter("must be positive", param_hint="--ttl")
-    settings = Settings.from_env(data_dir=data_dir).with_secret()
-    signer = TokenSigner(settings.secret)  # type: ignore[arg-type]
+    signer = TokenSigner.from_keyring(Settings.from_env(data_dir=data_dir).keyring())
     try:
         if publisher is not None:
             click.echo(signer.publisher(publisher, ttl=ttl))
@@ -92,6 +92,25 @@ def token(user: str | None, publisher: str | None, ttl: int | None, data_dir: Pa
             click.echo(signer.subscriber(user, ttl=ttl or DEFAULT_SUBSCRIBER_TTL))  # type: ignore[arg-type]
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+
+
+@cli.command("rotate-secret")
+@click.option("--data-dir", type=click.Path(path_type=Path), help="Data directory holding the secret.")
+@click.option("--grace", callback=_duration, default="24h", show_default=True,
+              help="How long tokens signed with the current secret stay valid (90s, 12h, 30d).")
+def rotate_secret_command(data_dir: Path | None, grace: int) -> None:
+    """Sign new tokens with a fresh secret; accept the current one for a grace period.
+
+    A running server picks the new secret up when it restarts.
+    """
+    settings = Settings.from_env(data_dir=data_dir)
+    if settings.secret:
+        raise click.UsageError("the secret comes from SSE_NOTIFY_SECRET: set the new one there "
+                               "and the old one in SSE_NOTIFY_PREVIOUS_SECRET")
+    keyring = rotate_secret(settings.data_dir, grace)
+    until = datetime.fromtimestamp(keyring.previous_until or 0, timezone.utc).isoformat(timespec="seconds")
+    click.echo(f"New secret in {settings.data_dir / SECRET_FILE}; tokens signed with the previous "
+               f"one are accepted until {until}. Restart the service to use it.", err=True)
 
 
 def _raise_fd_limit() -> None:

@@ -1,25 +1,31 @@
 """Settings: one typed, frozen object built from defaults, then ``SSE_NOTIFY_*``
 environment variables, then explicit overrides (command-line flags), in that order.
 
-Also owns the server secret: ``SSE_NOTIFY_SECRET`` when set, else
+Also owns the server secrets (:class:`Keyring`): ``SSE_NOTIFY_SECRET`` when set, else
 ``<data-dir>/secret.key``, created with mode 0600 on first use so tokens survive restarts.
+``sse-notify rotate-secret`` (:func:`rotate_secret`) moves the current secret to
+``<data-dir>/secret.previous`` with the end of its grace period and writes a new one; with
+``SSE_NOTIFY_SECRET``, ``SSE_NOTIFY_PREVIOUS_SECRET`` plays that part for as long as it is set.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
 import secrets
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Settings", "parse_duration", "load_secret", "ENV_PREFIX"]
+__all__ = ["Settings", "Keyring", "parse_duration", "load_secret", "rotate_secret", "ENV_PREFIX"]
 
 ENV_PREFIX = "SSE_NOTIFY_"
 SECRET_FILE = "secret.key"
+PREVIOUS_SECRET_FILE = "secret.previous"
 
 _DURATION_RE = re.compile(r"(\d+)\s*([smhd]?)")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -72,6 +78,8 @@ class Settings:
     retention: int = 30 * 86400
     allow_origin: tuple[str, ...] = ()
     secret: str | None = field(default=None, repr=False)
+    #: Still accepted (never used to sign) beside ``secret``; only with ``secret``.
+    previous_secret: str | None = field(default=None, repr=False)
     access_log: bool = True
     #: TLS certificate and key (PEM); with both set the service speaks HTTPS and HTTP/2.
     certfile: Path | None = None
@@ -129,9 +137,21 @@ class Settings:
     def store_url(self) -> str:
         return self.store or f"sqlite:///{self.data_dir / 'notifications.db'}"
 
-    def with_secret(self) -> Settings:
-        """A copy whose ``secret`` is resolved (from the data dir, created if missing)."""
-        return self if self.secret else replace(self, secret=load_secret(self.data_dir))
+    def keyring(self) -> Keyring:
+        """The configured secrets, else the data directory's (created if missing)."""
+        if self.secret:
+            return Keyring(self.secret, self.previous_secret)
+        return load_keyring(self.data_dir)
+
+
+@dataclass(frozen=True)
+class Keyring:
+    """The secret that signs, and a previous one still accepted until ``previous_until``
+    (epoch seconds; None: for as long as it is configured)."""
+
+    secret: str = field(repr=False)
+    previous: str | None = field(default=None, repr=False)
+    previous_until: float | None = None
 
 
 def load_secret(data_dir: Path) -> str:
@@ -145,3 +165,40 @@ def load_secret(data_dir: Path) -> str:
     with os.fdopen(fd, "w") as fh:
         fh.write(secrets.token_urlsafe(48) + "\n")
     return path.read_text().strip()
+
+
+def load_keyring(data_dir: Path) -> Keyring:
+    """``secret.key`` (created if absent) and, within its grace period, ``secret.previous``."""
+    secret = load_secret(data_dir)
+    path = data_dir / PREVIOUS_SECRET_FILE
+    try:
+        saved = json.loads(path.read_text())
+        previous, until = saved["secret"], float(saved["until"])
+    except FileNotFoundError:
+        return Keyring(secret)
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"{path} is not a saved secret; remove it or rotate again") from None
+    if until <= time.time():
+        return Keyring(secret)
+    return Keyring(secret, previous, until)
+
+
+def rotate_secret(data_dir: Path, grace: int) -> Keyring:
+    """Make a new signing secret; the current one stays valid for ``grace`` more seconds."""
+    current = load_secret(data_dir)
+    until = time.time() + grace
+    _write_private(data_dir / PREVIOUS_SECRET_FILE, json.dumps({"secret": current, "until": until}))
+    _write_private(data_dir / SECRET_FILE, secrets.token_urlsafe(48) + "\n")
+    return load_keyring(data_dir)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` atomically, readable by the owner only."""
+    temp = path.with_name(path.name + ".tmp")
+    temp.unlink(missing_ok=True)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(temp, path)

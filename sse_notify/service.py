@@ -28,9 +28,9 @@ PRUNE_INTERVAL = 3600.0
 class Service:
     def __init__(self, settings: Settings, *, store: Store | None = None,
                  broker: Broker | None = None):
-        settings = settings.with_secret()
         self.settings = settings
-        self.signer = TokenSigner(settings.secret)  # type: ignore[arg-type]
+        self.keyring = settings.keyring()
+        self.signer = TokenSigner.from_keyring(self.keyring)
         self.store = store if store is not None else open_store(settings.store_url)
         self.broker = broker if broker is not None else open_broker(settings.broker)
         self.hub = Hub(settings.stream_buffer)

@@ -6,6 +6,11 @@ raises the same :class:`InvalidToken`, caught in one place by the callers. Expir
 carried inside the signed payload (``e``, epoch seconds) rather than derived from the
 signing time, so each token may have its own lifetime.
 
+Key rotation: new tokens are signed with the current secret only; the previous secret
+still verifies until ``previous_until``, checked at every verification, so a running
+server stops honouring it on time. Signatures are compared in constant time by
+itsdangerous (``hmac.compare_digest``).
+
 An application backend mints subscriber tokens with::
 
     from sse_notify import TokenSigner
@@ -15,11 +20,11 @@ An application backend mints subscriber tokens with::
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 
-from itsdangerous import BadData, URLSafeTimedSerializer
+from itsdangerous import BadData, BadSignature, URLSafeTimedSerializer
 
+from .config import Keyring
 from .models import valid_name
 
 __all__ = ["TokenSigner", "Claims", "InvalidToken", "DEFAULT_SUBSCRIBER_TTL"]
@@ -40,41 +45,47 @@ class Claims:
 
 
 class TokenSigner:
-    def __init__(self, secret: str | bytes | Sequence[str | bytes]):
-        """``secret`` may be a list, oldest first: all verify, the last one signs."""
-        keys = [secret] if isinstance(secret, (str, bytes)) else list(secret)
-        if not keys or not all(keys):
+    def __init__(self, secret: str | bytes, previous: str | bytes | None = None,
+                 previous_until: float | None = None):
+        """Sign with ``secret``; also accept ``previous`` until ``previous_until`` (epoch
+        seconds; None: for as long as it is given)."""
+        if not secret:
             raise ValueError("a non-empty secret is required")
-        self._subscriber = URLSafeTimedSerializer(keys, salt=_SUBSCRIBER_SALT)
-        self._publisher = URLSafeTimedSerializer(keys, salt=_PUBLISHER_SALT)
+        self._current = _serializers(secret)
+        self._previous = _serializers(previous) if previous else None
+        self._previous_until = previous_until
+
+    @classmethod
+    def from_keyring(cls, keyring: Keyring) -> TokenSigner:
+        return cls(keyring.secret, keyring.previous, keyring.previous_until)
 
     def subscriber(self, user: str, ttl: float = DEFAULT_SUBSCRIBER_TTL) -> str:
         if not valid_name(user):
             raise ValueError(f"invalid user id: {user!r}")
         if ttl <= 0:
             raise ValueError("ttl must be positive")
-        return self._subscriber.dumps({"u": user, "e": time.time() + ttl})
+        return self._current[_SUBSCRIBER_SALT].dumps({"u": user, "e": time.time() + ttl})
 
     def publisher(self, name: str, ttl: float | None = None) -> str:
         if not valid_name(name):
             raise ValueError(f"invalid publisher name: {name!r}")
-        return self._publisher.dumps({"u": name, "e": None if ttl is None else time.time() + ttl})
+        return self._current[_PUBLISHER_SALT].dumps(
+            {"u": name, "e": None if ttl is None else time.time() + ttl})
 
     def verify_subscriber(self, token: str | None) -> Claims:
-        claims = self._verify(self._subscriber, token)
+        claims = self._verify(_SUBSCRIBER_SALT, token)
         if claims.expires_at is None:  # subscriber tokens always expire
             raise InvalidToken
         return claims
 
     def verify_publisher(self, token: str | None) -> Claims:
-        return self._verify(self._publisher, token)
+        return self._verify(_PUBLISHER_SALT, token)
 
-    @staticmethod
-    def _verify(serializer: URLSafeTimedSerializer, token: str | None) -> Claims:
+    def _verify(self, salt: str, token: str | None) -> Claims:
         if not token or len(token) > 4096:
             raise InvalidToken
         try:
-            payload = serializer.loads(token)
+            payload = self._loads(salt, token)
         except (BadData, UnicodeError, ValueError):
             raise InvalidToken from None
         if not isinstance(payload, dict):
@@ -86,3 +97,18 @@ class TokenSigner:
             if not isinstance(expires_at, (int, float)) or expires_at <= time.time():
                 raise InvalidToken
         return Claims(subject, expires_at)
+
+    def _loads(self, salt: str, token: str) -> object:
+        try:
+            return self._current[salt].loads(token)
+        except BadSignature:
+            until = self._previous_until
+            if self._previous is None or (until is not None and time.time() >= until):
+                raise
+            return self._previous[salt].loads(token)
+
+
+def _serializers(secret: str | bytes) -> dict[str, URLSafeTimedSerializer]:
+    """One serializer per role, told apart by salt."""
+    return {salt: URLSafeTimedSerializer(secret, salt=salt)
+            for salt in (_SUBSCRIBER_SALT, _PUBLISHER_SALT)}

@@ -186,3 +186,23 @@ def test_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
 def test_unknown_command_fails(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["frobnicate"]) != 0
     assert "frobnicate" in capsys.readouterr().err
+
+
+def test_rotate_secret_signs_anew_and_keeps_old_tokens_valid(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    old_token = TokenSigner(load_secret(tmp_path)).subscriber("alice")
+    assert main(["rotate-secret", "--data-dir", str(tmp_path), "--grace", "2h"]) == 0
+    assert "accepted until" in capsys.readouterr().err
+    assert main(["token", "bob", "--data-dir", str(tmp_path)]) == 0
+    new_token = capsys.readouterr().out.strip()
+    assert TokenSigner(load_secret(tmp_path)).verify_subscriber(new_token).subject == "bob"
+    with pytest.raises(InvalidToken):  # the old token is not valid under the new secret alone
+        TokenSigner(load_secret(tmp_path)).verify_subscriber(old_token)
+
+
+def test_rotate_secret_refuses_when_the_secret_comes_from_the_environment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("SSE_NOTIFY_SECRET", "from-env")
+    assert main(["rotate-secret", "--data-dir", str(tmp_path)]) != 0
+    assert "SSE_NOTIFY_PREVIOUS_SECRET" in capsys.readouterr().err
+    assert not (tmp_path / "secret.previous").exists()

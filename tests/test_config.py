@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import stat
+import time
 from pathlib import Path
 
 import pytest
 
-from sse_notify.config import Settings, load_secret, parse_duration
+from sse_notify import config
+from sse_notify.config import Keyring, Settings, load_secret, parse_duration, rotate_secret
 
 
 # -- parse_duration -------------------------------------------------------------------
@@ -157,9 +159,31 @@ def test_load_secret_creates_0600_file_once(tmp_path: Path) -> None:
     assert load_secret(tmp_path / "other") != secret
 
 
-def test_with_secret_reads_the_file_unless_configured(tmp_path: Path) -> None:
-    s = Settings.from_env({}, data_dir=tmp_path).with_secret()
-    assert s.secret == load_secret(tmp_path)
-    configured = Settings.from_env({"SSE_NOTIFY_SECRET": "given"}, data_dir=tmp_path / "x")
-    assert configured.with_secret().secret == "given"
+def test_keyring_reads_the_file_unless_configured(tmp_path: Path) -> None:
+    assert Settings.from_env({}, data_dir=tmp_path).keyring() == Keyring(load_secret(tmp_path))
+    configured = Settings.from_env({"SSE_NOTIFY_SECRET": "given", "SSE_NOTIFY_PREVIOUS_SECRET": "old"},
+                                   data_dir=tmp_path / "x")
+    assert configured.keyring() == Keyring("given", "old", None)
     assert not (tmp_path / "x").exists()  # a configured secret creates no file
+
+
+def test_rotate_keeps_the_previous_secret_for_the_grace_period(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    first = load_secret(tmp_path)
+    rotated = rotate_secret(tmp_path, grace=3600)
+    assert rotated.secret != first and rotated.previous == first
+    assert rotated.previous_until == pytest.approx(time.time() + 3600, abs=5)
+    for name in ("secret.key", "secret.previous"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600
+    assert Settings.from_env({}, data_dir=tmp_path).keyring() == rotated  # what serve loads
+    monkeypatch.setattr(config.time, "time", lambda: rotated.previous_until + 1)
+    assert Settings.from_env({}, data_dir=tmp_path).keyring() == Keyring(rotated.secret)
+
+
+def test_a_damaged_previous_secret_file_is_reported(tmp_path: Path) -> None:
+    load_secret(tmp_path)
+    (tmp_path / "secret.previous").write_text("not json")
+    with pytest.raises(ValueError, match="secret.previous"):
+        Settings.from_env({}, data_dir=tmp_path).keyring()
+
+

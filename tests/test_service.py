@@ -10,6 +10,7 @@ import pytest
 
 from sse_notify import service as service_module
 from sse_notify.config import Settings, load_secret
+from sse_notify.tokens import TokenSigner
 from sse_notify.hub import Stream
 from sse_notify.models import NotificationDraft, ReadChange, now_ms
 from sse_notify.service import Service
@@ -43,7 +44,7 @@ async def collect(stream: Stream, count: int, timeout: float = 5.0) -> list:
 
 async def test_start_and_stop(settings: Settings) -> None:
     svc = Service(settings)
-    assert svc.settings.secret == load_secret(settings.data_dir)  # created on first use
+    assert svc.keyring.secret == load_secret(settings.data_dir)  # created on first use
     await svc.start()
     try:
         assert (settings.data_dir / "notifications.db").exists()
@@ -64,9 +65,8 @@ async def test_stop_ends_open_streams(service: Service) -> None:
 
 async def test_signer_uses_the_configured_secret(tmp_path: Path) -> None:
     svc = Service(Settings.from_env({"SSE_NOTIFY_SECRET": "given"}, data_dir=tmp_path))
-    assert svc.settings.secret == "given"
     assert not (tmp_path / "secret.key").exists()
-    assert svc.signer.verify_subscriber(svc.signer.subscriber("alice")).subject == "alice"
+    assert TokenSigner("given").verify_subscriber(svc.signer.subscriber("alice")).subject == "alice"
 
 
 async def test_publish_reaches_the_hub_through_the_pump_in_id_order(service: Service) -> None:

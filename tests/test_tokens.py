@@ -140,20 +140,35 @@ def test_expired_subscriber_token_is_refused(signer: TokenSigner, monkeypatch: p
         signer.verify_subscriber(token)
 
 
-def test_key_list_old_secret_verifies_newest_signs() -> None:
+def test_rotation_previous_secret_verifies_current_signs() -> None:
     old, new = TokenSigner("old-secret"), TokenSigner("new-secret")
-    rotating = TokenSigner(["old-secret", "new-secret"])
-    # tokens signed with the old secret still verify
+    rotating = TokenSigner("new-secret", previous="old-secret")
+    # tokens signed with the previous secret still verify
     assert rotating.verify_subscriber(old.subscriber("alice")).subject == "alice"
     assert rotating.verify_publisher(old.publisher("backend")).subject == "backend"
-    # new tokens are signed with the newest secret only
+    # new tokens are signed with the current secret only
     token = rotating.subscriber("bob")
     assert new.verify_subscriber(token).subject == "bob"
     with pytest.raises(InvalidToken):
         old.verify_subscriber(token)
+    # the previous secret does not let a token change role
+    with pytest.raises(InvalidToken):
+        rotating.verify_publisher(old.subscriber("alice"))
 
 
-@pytest.mark.parametrize("secret", ["", b"", [], ["ok", ""]])
+def test_previous_secret_is_refused_once_its_grace_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+    old = TokenSigner("old-secret")
+    sub, pub = old.subscriber("alice", ttl=3 * 86400), old.publisher("backend")
+    rotating = TokenSigner("new-secret", previous="old-secret", previous_until=time.time() + 3600)
+    assert rotating.verify_subscriber(sub).subject == "alice"
+    _later(monkeypatch, 3601)  # the same signer, later: checked at every verification
+    for verify, token in ((rotating.verify_subscriber, sub), (rotating.verify_publisher, pub)):
+        with pytest.raises(InvalidToken):
+            verify(token)
+    assert rotating.verify_subscriber(rotating.subscriber("bob")).subject == "bob"
+
+
+@pytest.mark.parametrize("secret", ["", b""])
 def test_empty_secret_is_refused(secret) -> None:
     with pytest.raises(ValueError):
         TokenSigner(secret)
