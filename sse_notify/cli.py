@@ -53,6 +53,12 @@ def cli() -> None:
 @click.option("--retry", type=int, help="SSE retry: value in ms. [default: 3000]")
 @click.option("--stream-buffer", type=int, help="Events a stream may fall behind. [default: 1024]")
 @click.option("--max-body", type=int, help="Largest request body in bytes. [default: 65536]")
+@click.option("--max-frame", type=int, help="Largest WebSocket message from a client, bytes. [default: 65536]")
+@click.option("--max-header", type=int, help="Largest request line plus headers, bytes. [default: 16384]")
+@click.option("--max-user-streams", type=int, help="Open streams per user; 0: no limit. [default: 100]")
+@click.option("--max-streams", type=int, help="Open streams in all; 0: no limit. [default: 50000]")
+@click.option("--publish-rate", type=float, help="Publishes per second per publisher; 0: no limit. [default: 0]")
+@click.option("--publish-burst", type=int, help="Publishes a publisher may send at once. [default: the rate]")
 @click.option("--retention", callback=_duration, help="Keep notifications this long (90s, 12h, 30d). [default: 30d]")
 @click.option("--allow-origin", multiple=True, help="Origin allowed to call cross-origin (repeatable).")
 @click.option("--store", help="Store URL. [default: sqlite:///<data-dir>/notifications.db]")
@@ -155,7 +161,9 @@ async def _serve(settings: Settings) -> None:
     config.access_log_format = ACCESS_LOG_FORMAT
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = GRACEFUL_TIMEOUT
-    config.websocket_max_message_size = settings.max_body
+    config.websocket_max_message_size = settings.max_frame
+    config.h11_max_incomplete_size = settings.max_header
+    config.h2_max_header_list_size = settings.max_header
     config.websocket_ping_interval = settings.heartbeat
     config.keep_alive_timeout = 75
     if settings.certfile is not None:

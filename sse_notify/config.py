@@ -75,6 +75,16 @@ class Settings:
     retry: int = 3000
     stream_buffer: int = 1024
     max_body: int = 65536
+    #: Largest WebSocket message from a client, bytes.
+    max_frame: int = 65536
+    #: Largest request line plus headers, bytes.
+    max_header: int = 16384
+    #: Open streams one user may hold (0: no limit) and the server may hold in all.
+    max_user_streams: int = 100
+    max_streams: int = 50000
+    #: Publishes per second per publisher name (0: no limit), and the burst allowed.
+    publish_rate: float = 0.0
+    publish_burst: int = 0
     retention: int = 30 * 86400
     allow_origin: tuple[str, ...] = ()
     secret: str | None = field(default=None, repr=False)
@@ -93,6 +103,12 @@ class Settings:
         "retry": int,
         "stream_buffer": int,
         "max_body": int,
+        "max_frame": int,
+        "max_header": int,
+        "max_user_streams": int,
+        "max_streams": int,
+        "publish_rate": float,
+        "publish_burst": int,
         "retention": parse_duration,
         "allow_origin": _split_origins,
         "access_log": _boolean,
@@ -102,10 +118,14 @@ class Settings:
     }
 
     def __post_init__(self) -> None:
-        for name in ("heartbeat", "retry", "stream_buffer", "max_body"):
+        for name in ("heartbeat", "retry", "stream_buffer", "max_body", "max_frame", "max_header"):
             value = getattr(self, name)
             if not (0 < value < math.inf):  # also refuses nan
                 raise ValueError(f"{name} must be a positive number")
+        for name in ("max_user_streams", "max_streams", "publish_rate", "publish_burst"):
+            value = getattr(self, name)
+            if not (0 <= value < math.inf):
+                raise ValueError(f"{name} must be 0 (no limit) or a positive number")
         if not 0 <= self.port <= 65535:
             raise ValueError("port must be 0-65535")
         if (self.certfile is None) != (self.keyfile is None):

@@ -86,6 +86,13 @@ def test_access_log_from_env(raw: str, value: bool) -> None:
     assert Settings.from_env({"SSE_NOTIFY_ACCESS_LOG": raw}).access_log is value
 
 
+def test_limits_default_and_zero_means_no_limit() -> None:
+    s = Settings.from_env({})
+    assert (s.max_user_streams, s.max_streams, s.publish_rate) == (100, 50000, 0)
+    s = Settings.from_env({"SSE_NOTIFY_MAX_USER_STREAMS": "0", "SSE_NOTIFY_PUBLISH_RATE": "2.5"})
+    assert s.max_user_streams == 0 and s.publish_rate == 2.5
+
+
 def test_secret_from_env() -> None:
     assert Settings.from_env({"SSE_NOTIFY_SECRET": "s3cret"}).secret == "s3cret"
 
@@ -104,6 +111,12 @@ def test_secret_from_env() -> None:
         ({"SSE_NOTIFY_MAX_BODY": "big"}, "max_body"),
         ({"SSE_NOTIFY_RETENTION": "forever"}, "retention"),
         ({"SSE_NOTIFY_RETENTION": "0s"}, "retention"),
+        ({"SSE_NOTIFY_MAX_FRAME": "0"}, "max_frame"),
+        ({"SSE_NOTIFY_MAX_HEADER": "-5"}, "max_header"),
+        ({"SSE_NOTIFY_MAX_USER_STREAMS": "-1"}, "max_user_streams"),
+        ({"SSE_NOTIFY_MAX_STREAMS": "many"}, "max_streams"),
+        ({"SSE_NOTIFY_PUBLISH_RATE": "nan"}, "publish_rate"),
+        ({"SSE_NOTIFY_PUBLISH_BURST": "-2"}, "publish_burst"),
     ],
 )
 def test_invalid_env_values_raise_value_error_naming_the_setting(env: dict, name: str) -> None:
