@@ -14,7 +14,8 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,6 +148,17 @@ async def _maybe_client(server: ServerProcess, client: httpx.AsyncClient | None)
             yield c
 
 
+async def poll(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> bool:
+    """Poll an external condition (one that sends no event) until it holds or ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if await check():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+
+
 # -- a byte-level SSE reader ---------------------------------------------------------
 
 @dataclass
@@ -196,6 +208,17 @@ class SSEStream:
                     event.id = value
                 elif name == "retry":
                     self.retry = int(value)
+            raise EOFError("stream ended")
+
+    async def next_comment(self, timeout: float = 5.0) -> str:
+        """The next comment line; use it only when no event is due (one would fail it)."""
+        async with asyncio.timeout(timeout):
+            async for line in self._lines:
+                if line.startswith(":"):
+                    self.comments.append(line[1:].strip())
+                    return self.comments[-1]
+                if line and not line.startswith("retry:"):
+                    raise AssertionError(f"expected a comment, got {line!r}")
             raise EOFError("stream ended")
 
     async def next_of(self, kind: str, timeout: float = 5.0) -> SSEEvent:

@@ -7,10 +7,8 @@ before/after values, so they hold whatever ran earlier.
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,7 @@ from websockets.asyncio.client import connect as ws_connect
 
 from sse_notify.config import Settings
 
-from ..helpers import ServerProcess, open_sse
+from ..helpers import ServerProcess, open_sse, poll
 
 
 @pytest.fixture(scope="module")
@@ -56,17 +54,6 @@ def assert_error(resp: httpx.Response, status: int) -> dict[str, Any]:
     assert isinstance(body["error"], str) and body["error"]
     assert isinstance(body["message"], str) and body["message"]
     return body
-
-
-async def poll(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> bool:
-    """Poll an external condition until it holds or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if await check():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.02)
 
 
 # -- /healthz ----------------------------------------------------------------------------------
