@@ -1,0 +1,217 @@
+// The demo inbox at "/", and the example to copy: everything live comes through
+// sse-notify.js (connect, on, history, markRead). The publisher half (minting tokens,
+// sending) is plain fetch with a publisher token, which a real app keeps on its backend.
+import { connect } from "./sse-notify.js";
+
+const $ = (id) => document.getElementById(id);
+const TOKEN_KEY = "sse-notify-demo:token"; // localStorage: every tab of the demo uses it
+const MINTED_KEY = "sse-notify-demo:minted-for"; // set when the token was minted here
+const PUBLISHER_KEY = "sse-notify-demo:publisher"; // sessionStorage: this tab only
+const STATES = {
+  connecting: "connecting…", open: "live", reconnecting: "reconnecting…",
+  unauthorized: "token rejected: paste a fresh one", closed: "not connected",
+};
+const MODES = { worker: "shared worker", leader: "leader tab", follower: "via leader tab", direct: "this tab" };
+
+let client = null;
+let user = null;
+let nextBefore = null;
+const items = new Map(); // id -> <li>
+
+// -- the connection --------------------------------------------------------------------
+
+function start(token) {
+  stop();
+  const mintedFor = remember(localStorage, MINTED_KEY);
+  client = connect({
+    token,
+    // A token minted on this page can be minted again when it expires.
+    getToken: mintedFor ? () => mintAndKeep(mintedFor) : undefined,
+    transport: $("transport").value,
+  });
+  client.on("status", showStatus);
+  client.on("unread", showUnread);
+  client.on("notification", (n) => { add(n, true); showEmpty(); });
+  client.on("read", ({ ids }) => ids.forEach((id) => items.get(id)?.classList.add("read")));
+  loadHistory();
+}
+
+function stop() {
+  client?.close();
+  client = user = nextBefore = null;
+  items.clear();
+  $("inbox").replaceChildren();
+  $("older").hidden = true;
+  $("mark-all").disabled = true;
+  $("who").textContent = "";
+  showStatus({ state: "closed" });
+  showUnread(0);
+  showEmpty();
+}
+
+async function loadHistory(before) {
+  const current = client;
+  try {
+    const page = await current.history({ limit: 20, before });
+    if (current !== client) return;
+    page.notifications.forEach((n) => add(n, false));
+    nextBefore = page.next_before;
+    $("older").hidden = nextBefore === null;
+  } catch (err) {
+    if (current === client) say(`History: ${err.message}`, true);
+  }
+  showEmpty();
+}
+
+function showStatus(s) {
+  $("status").dataset.state = s.state;
+  let text = STATES[s.state] ?? s.state;
+  if (s.state === "reconnecting" && s.retryIn != null) text = `reconnecting in ${(s.retryIn / 1000).toFixed(1)} s`;
+  if (s.state === "reconnecting" && s.error) text += ` (${s.error})`;
+  const how = [s.transport && (s.transport === "ws" ? "WebSocket" : "SSE"), MODES[s.mode]].filter(Boolean);
+  $("status-text").textContent = how.length && s.state !== "closed" ? `${text} · ${how.join(", ")}` : text;
+  $("mark-all").disabled = s.state !== "open";
+  if (s.user && s.user !== user) {
+    user = s.user;
+    $("who").textContent = `for ${user}`;
+    $("send-user").placeholder = `to user (default: ${user})`;
+  }
+  if (s.state === "open" && s.replay === "reset") loadHistory(); // retention outran the cursor
+}
+
+function showUnread(count) {
+  $("unread").textContent = count > 99 ? "99+" : String(count);
+  $("unread").dataset.count = String(count);
+  document.title = count ? `(${count}) sse-notify demo` : "sse-notify demo";
+}
+
+function showEmpty() {
+  $("inbox-empty").hidden = items.size > 0;
+  $("inbox-empty").textContent = client ? "No notifications yet." : "Paste a subscriber token on the right to connect.";
+}
+
+// -- the inbox -------------------------------------------------------------------------
+
+function add(n, live) {
+  if (items.has(n.id)) return;
+  const li = $("item-tpl").content.firstElementChild.cloneNode(true);
+  li.dataset.id = n.id;
+  li.classList.toggle("read", n.read);
+  li.classList.toggle("fresh", live);
+  li.querySelector(".prio").dataset.p = li.querySelector(".prio").title = n.priority;
+  li.querySelector(".title").textContent = n.title; // textContent only: no HTML injection
+  li.querySelector(".body").textContent = n.body ?? "";
+  li.querySelector(".topic").textContent = n.topic ?? "";
+  li.querySelector("time").dateTime = n.created_at;
+  li.querySelector("time").textContent = new Date(n.created_at).toLocaleString();
+  li.querySelector(".read-btn").addEventListener("click", () => {
+    client?.markRead(n.id).catch((err) => say(`Mark read: ${err.message}`, true));
+  });
+  items.set(n.id, li);
+  const older = [...$("inbox").children].find((el) => Number(el.dataset.id) < n.id); // newest first
+  $("inbox").insertBefore(li, older ?? null);
+}
+
+// -- the publisher half ----------------------------------------------------------------
+
+async function publisherPost(path, body) {
+  const token = $("pub-token").value.trim();
+  if (!token) throw new Error("paste a publisher token first");
+  const resp = await fetch(path, {
+    method: "POST",
+    headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" },
+    body: JSON.stringify(body),
+  });
+  const data = await resp.json();
+  if (!resp.ok) throw new Error(data.message || `HTTP ${resp.status}`);
+  return data;
+}
+
+async function mintAndKeep(forUser) {
+  const { token } = await publisherPost("tokens", { user: forUser, ttl: Number($("mint-ttl").value) || 3600 });
+  $("token").value = token;
+  remember(localStorage, TOKEN_KEY, token);
+  return token;
+}
+
+function say(text, isError = false) {
+  $("pub-msg").textContent = text;
+  $("pub-msg").classList.toggle("error", isError);
+}
+
+/** Read `key` (no value given), or store it (null removes it); storage may be disabled. */
+function remember(area, key, value) {
+  try {
+    if (value === undefined) return area.getItem(key);
+    if (value === null) area.removeItem(key);
+    else area.setItem(key, value);
+  } catch { /* storage disabled: nothing is remembered */ }
+  return null;
+}
+
+// -- wiring ----------------------------------------------------------------------------
+
+$("connect-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const token = $("token").value.trim();
+  if (!token) return;
+  remember(localStorage, TOKEN_KEY, token);
+  remember(localStorage, MINTED_KEY, null);
+  start(token);
+});
+
+$("disconnect").addEventListener("click", stop);
+
+$("mark-all").addEventListener("click", () => {
+  client?.markRead("all").catch((err) => say(`Mark all read: ${err.message}`, true));
+});
+
+$("older").addEventListener("click", () => loadHistory(nextBefore));
+
+$("pub-token").addEventListener("change", () => {
+  remember(sessionStorage, PUBLISHER_KEY, $("pub-token").value.trim() || null);
+});
+
+$("mint-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const forUser = $("mint-user").value.trim();
+  try {
+    const token = await mintAndKeep(forUser);
+    remember(localStorage, MINTED_KEY, forUser);
+    say(`Minted a token for ${forUser}.`);
+    start(token);
+  } catch (err) {
+    say(`Mint: ${err.message}`, true);
+  }
+});
+
+$("send-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const to = $("send-user").value.trim() || user;
+  if (!to) { say("Send: connect first, or name a recipient.", true); return; }
+  const body = { user: to, title: $("send-title").value, priority: $("send-priority").value };
+  if ($("send-body").value.trim()) body.body = $("send-body").value.trim();
+  if ($("send-topic").value.trim()) body.topic = $("send-topic").value.trim();
+  try {
+    const { ids } = await publisherPost("notifications", body);
+    say(`Sent #${ids[0]} to ${to}.`);
+  } catch (err) {
+    say(`Send: ${err.message}`, true);
+  }
+});
+
+// A token may come in the URL fragment (/#token=...), which never reaches a server log.
+const fromHash = new URLSearchParams(location.hash.slice(1)).get("token");
+if (fromHash) {
+  remember(localStorage, TOKEN_KEY, fromHash);
+  remember(localStorage, MINTED_KEY, null);
+  history.replaceState(null, "", location.pathname + location.search);
+}
+$("pub-token").value = remember(sessionStorage, PUBLISHER_KEY) ?? "";
+const saved = remember(localStorage, TOKEN_KEY);
+if (saved) {
+  $("token").value = saved;
+  start(saved);
+} else {
+  stop();
+}
