@@ -1,7 +1,11 @@
-"""The embedded SQLite store (aiosqlite, WAL).
+"""The embedded SQLite store (the standard ``sqlite3`` module, WAL).
 
 Deliberate decisions:
 
+* **Each connection lives in its own thread.** There are two: the writer and the reader.
+  A call from the event loop hands a whole unit of work (a batch of writes, one query
+  with its fetch) to the connection's thread in one hop, so the loop never blocks on the
+  disk and pays one thread round trip per unit, not one per statement.
 * **One writer, group commit.** Every write (publish, mark read, prune) is queued to a single
   writer task, which takes everything queued so far and runs it in one transaction with one
   commit, so a burst of concurrent publishes costs one fsync, not one each. ``add()``
@@ -9,21 +13,26 @@ Deliberate decisions:
 * **Ids are assigned by the writer**, in commit order, from a high-water mark that also
   covers pruned rows (kept in ``meta``), so an id is never reused and ids increase in the
   order notifications are committed.
-* **Reads use their own connection**; WAL lets them run beside the writer. Each read
-  runs to completion in that connection's thread, whether or not its caller is cancelled.
+* **Reads use their own connection**; WAL lets them run beside the writer. A read runs to
+  completion in that connection's thread whether or not its caller is cancelled, so a
+  client dropping mid-replay never leaves a statement open (that would pin the reader to
+  an old snapshot, and every later read would miss newer commits).
 * ``synchronous=FULL``: a committed batch survives power loss, not just a process crash.
   Group commit keeps that affordable.
+* Closing lets a batch already being written finish (so what a caller was told committed
+  is what is on disk) and fails only the jobs that never started.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-import aiosqlite
 import orjson
 
 from ..models import Notification, NotificationDraft, now_ms
@@ -34,7 +43,6 @@ __all__ = ["SQLiteStore"]
 log = logging.getLogger(__name__)
 
 IDEMPOTENCY_WINDOW_MS = 24 * 3600 * 1000
-PRUNE_CHUNK = 5000
 
 _SCHEMA_V1 = """
 CREATE TABLE notifications (
@@ -83,6 +91,7 @@ def _visible(where: str = "") -> str:
             f"UNION ALL SELECT {_COLUMNS} FROM notifications WHERE user IS NULL {where}")
 
 
+T = TypeVar("T")
 _Job = tuple[str, tuple[Any, ...], "asyncio.Future[Any]"]
 
 
@@ -92,15 +101,49 @@ def _fail(jobs: list[_Job], error: Exception) -> None:
             future.set_exception(error)
 
 
+class _Connection:
+    """One sqlite3 connection and the one thread that uses it."""
+
+    def __init__(self, path: Path, name: str):
+        self.path = path
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix=name)
+        self.db: sqlite3.Connection | None = None
+
+    async def open(self) -> None:
+        self.db = await self.run(self._connect)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        for pragma in ("journal_mode=WAL", "synchronous=FULL", "busy_timeout=5000"):
+            db.execute(f"PRAGMA {pragma}")
+        return db
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in this connection's thread; it runs to its end even if the
+        caller is cancelled meanwhile."""
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    def fetchall(self, sql: str, params: Any) -> list[Any]:
+        assert self.db is not None
+        return self.db.execute(sql, params).fetchall()
+
+    async def close(self) -> None:
+        if self.db is not None:
+            await self.run(self.db.close)
+            self.db = None
+        self._thread.shutdown(wait=False)
+
+
 class SQLiteStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.on_commit: Callable[[list[Notification]], None] | None = None
-        self._writer: aiosqlite.Connection | None = None
-        self._reader: aiosqlite.Connection | None = None
+        self._writer: _Connection | None = None
+        self._reader: _Connection | None = None
         self._jobs: list[_Job] = []
         self._wake = asyncio.Event()
         self._writer_task: asyncio.Task[None] | None = None
+        self._closing = False
         self._last_id = 0
         self._last_created = 0
         self._pruned_through = 0
@@ -119,43 +162,37 @@ class SQLiteStore:
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = await self._connect()
-        await self._migrate()
-        self._reader = await self._connect()
-        async with self._writer.execute("SELECT coalesce(max(id), 0) FROM notifications") as cur:
-            (max_id,) = await cur.fetchone()
-        async with self._writer.execute("SELECT value FROM meta WHERE key='pruned_through'") as cur:
-            row = await cur.fetchone()
-        self._pruned_through = row[0] if row else 0
-        self._last_id = max(max_id, self._pruned_through)
+        self._writer = _Connection(self.path, "sqlite-writer")
+        await self._writer.open()
+        self._last_id, self._pruned_through = await self._writer.run(self._migrate)
+        self._reader = _Connection(self.path, "sqlite-reader")
+        await self._reader.open()
+        self._closing = False
         self._writer_task = asyncio.create_task(self._run_writer(), name="sqlite-writer")
 
-    async def _connect(self) -> aiosqlite.Connection:
-        db = await aiosqlite.connect(self.path, isolation_level=None)
-        for pragma in ("journal_mode=WAL", "synchronous=FULL", "busy_timeout=5000"):
-            await db.execute(f"PRAGMA {pragma}")
-        return db
-
-    async def _migrate(self) -> None:
-        assert self._writer is not None
-        async with self._writer.execute("PRAGMA user_version") as cur:
-            (version,) = await cur.fetchone()
+    def _migrate(self) -> tuple[int, int]:
+        """Bring the schema up to date; returns ``(highest id ever issued, pruned through)``."""
+        assert self._writer is not None and self._writer.db is not None
+        db = self._writer.db
+        (version,) = db.execute("PRAGMA user_version").fetchone()
         for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
-            await self._writer.executescript(f"BEGIN IMMEDIATE; {script} PRAGMA user_version={number}; COMMIT;")
+            db.executescript(f"BEGIN IMMEDIATE; {script} PRAGMA user_version={number}; COMMIT;")
+        (max_id,) = db.execute("SELECT coalesce(max(id), 0) FROM notifications").fetchone()
+        row = db.execute("SELECT value FROM meta WHERE key='pruned_through'").fetchone()
+        pruned_through = row[0] if row else 0
+        return max(max_id, pruned_through), pruned_through
 
     async def close(self) -> None:
+        self._closing = True
         if self._writer_task is not None:
-            self._writer_task.cancel()
-            try:
-                await self._writer_task
-            except asyncio.CancelledError:
-                pass
+            self._wake.set()
+            await asyncio.wait([self._writer_task])  # finishes the batch in progress, then stops
             self._writer_task = None
         _fail(self._jobs, StoreUnavailable("the store is closed"))  # queued, never started
         self._jobs = []
-        for db in (self._reader, self._writer):
-            if db is not None:
-                await db.close()
+        for connection in (self._reader, self._writer):
+            if connection is not None:
+                await connection.close()
         self._reader = self._writer = None
 
     async def ping(self) -> None:
@@ -164,7 +201,7 @@ class SQLiteStore:
     # -- writes: queued to the single writer ----------------------------------------------
 
     def _submit(self, kind: str, *args: Any) -> asyncio.Future[Any]:
-        if self._writer_task is None or self._writer_task.done():
+        if self._closing or self._writer_task is None or self._writer_task.done():
             raise StoreUnavailable("the store is not open")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._jobs.append((kind, args, future))
@@ -185,7 +222,7 @@ class SQLiteStore:
         return await self._submit("prune", older_than_ms)
 
     async def _run_writer(self) -> None:
-        while True:
+        while not self._closing:
             await self._wake.wait()
             self._wake.clear()
             jobs, self._jobs = self._jobs, []
@@ -193,8 +230,9 @@ class SQLiteStore:
                 await self._commit_batch(jobs)
 
     async def _commit_batch(self, jobs: list[_Job]) -> None:
+        assert self._writer is not None
         try:
-            committed, results = await self._transaction(jobs)
+            committed, results = await self._writer.run(self._transaction, jobs)
         except asyncio.CancelledError:
             _fail(jobs, StoreUnavailable("the store is closing"))
             raise
@@ -217,44 +255,44 @@ class SQLiteStore:
             if not future.done():
                 future.set_result(result)
 
-    async def _transaction(self, jobs: list[_Job]) -> tuple[list[Notification], list[Any]]:
+    # Everything below up to the reads runs in the writer's thread.
+
+    def _transaction(self, jobs: list[_Job]) -> tuple[list[Notification], list[Any]]:
         """Run ``jobs`` in one transaction; on any failure undo all of it, ids included."""
-        db = self._writer
-        assert db is not None
+        assert self._writer is not None and self._writer.db is not None
+        db = self._writer.db
         saved = self._last_id, self._last_created, self._pruned_through
         committed: list[Notification] = []
         results: list[Any] = []
-        await db.execute("BEGIN IMMEDIATE")
+        db.execute("BEGIN IMMEDIATE")
         try:
             for kind, args, _ in jobs:
                 if kind == "add":
-                    results.append(await self._do_add(db, committed, *args))
+                    results.append(self._do_add(db, committed, *args))
                 elif kind == "mark":
-                    results.append(await self._do_mark(db, *args))
+                    results.append(self._do_mark(db, *args))
                 elif kind == "mark_all":
-                    results.append(await self._do_mark_all(db, *args))
+                    results.append(self._do_mark_all(db, *args))
                 else:
-                    results.append(await self._do_prune(db, *args))
-            await db.execute("COMMIT")
-        except BaseException:
+                    results.append(self._do_prune(db, *args))
+            db.execute("COMMIT")
+        except Exception:
             self._last_id, self._last_created, self._pruned_through = saved
             try:
-                await db.execute("ROLLBACK")
-            except Exception:  # the transaction may already be gone
+                db.execute("ROLLBACK")
+            except sqlite3.Error:  # the transaction may already be gone
                 pass
             raise
         return committed, results
 
-    async def _do_add(self, db: aiosqlite.Connection, committed: list[Notification],
-                      drafts: list[NotificationDraft], publisher: str,
-                      key: str | None) -> PublishResult:
+    def _do_add(self, db: sqlite3.Connection, committed: list[Notification],
+                drafts: list[NotificationDraft], publisher: str, key: str | None) -> PublishResult:
         now = max(now_ms(), self._last_created)
         if key is not None:
-            async with db.execute(
+            row = db.execute(
                 "SELECT ids FROM idempotency WHERE publisher=? AND key=? AND created_at>?",
                 (publisher, key, now - IDEMPOTENCY_WINDOW_MS),
-            ) as cur:
-                row = await cur.fetchone()
+            ).fetchone()
             if row is not None:
                 return PublishResult(orjson.loads(row[0]), created=False)
         batch = []
@@ -263,7 +301,7 @@ class SQLiteStore:
             batch.append(Notification(self._last_id, draft.user, draft.topic, draft.title,
                                       draft.body, draft.priority, draft.data, now))
         self._last_created = now
-        await db.executemany(
+        db.executemany(
             f"INSERT INTO notifications ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)",
             [(n.id, n.user, n.topic, n.title, n.body, n.priority,
               None if n.data is None else orjson.dumps(n.data).decode(), n.created_at)
@@ -271,67 +309,59 @@ class SQLiteStore:
         )
         ids = [n.id for n in batch]
         if key is not None:
-            await db.execute(
+            db.execute(
                 "INSERT OR REPLACE INTO idempotency (publisher, key, ids, created_at) VALUES (?,?,?,?)",
                 (publisher, key, orjson.dumps(ids).decode(), now),
             )
         committed.extend(batch)
         return PublishResult(ids, created=True)
 
-    async def _do_mark(self, db: aiosqlite.Connection, user: str, ids: list[int]) -> list[int]:
+    def _do_mark(self, db: sqlite3.Connection, user: str, ids: list[int]) -> list[int]:
         changed: list[int] = []
         for start in range(0, len(ids), 500):  # stay under SQLite's bound-parameter limit
             chunk = ids[start:start + 500]
             marks = ",".join("?" * len(chunk))
-            async with db.execute(
+            changed.extend(row[0] for row in db.execute(
                 f"INSERT OR IGNORE INTO reads (user, id) SELECT ?, id FROM notifications "
                 f"WHERE id IN ({marks}) AND (user = ? OR user IS NULL) RETURNING id",
                 (user, *chunk, user),
-            ) as cur:
-                changed.extend(row[0] for row in await cur.fetchall())
+            ).fetchall())
         return sorted(changed)
 
-    async def _do_mark_all(self, db: aiosqlite.Connection, user: str) -> list[int]:
-        async with db.execute(
+    def _do_mark_all(self, db: sqlite3.Connection, user: str) -> list[int]:
+        return sorted(row[0] for row in db.execute(
             "INSERT OR IGNORE INTO reads (user, id) SELECT :user, id FROM ("
             + _visible() + ") RETURNING id",
             {"user": user},
-        ) as cur:
-            return sorted(row[0] for row in await cur.fetchall())
+        ).fetchall())
 
-    async def _do_prune(self, db: aiosqlite.Connection, older_than_ms: int) -> int:
-        async with db.execute(
+    def _do_prune(self, db: sqlite3.Connection, older_than_ms: int) -> int:
+        (through,) = db.execute(
             "SELECT max(id) FROM notifications WHERE created_at < ?", (older_than_ms,)
-        ) as cur:
-            (through,) = await cur.fetchone()
+        ).fetchone()
         removed = 0
         if through is not None:
-            cur = await db.execute("DELETE FROM notifications WHERE id <= ?", (through,))
-            removed = cur.rowcount
-            await db.execute("DELETE FROM reads WHERE id <= ?", (through,))
+            removed = db.execute("DELETE FROM notifications WHERE id <= ?", (through,)).rowcount
+            db.execute("DELETE FROM reads WHERE id <= ?", (through,))
             self._pruned_through = max(self._pruned_through, through)
-            await db.execute(
+            db.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('pruned_through', ?)",
                 (self._pruned_through,),
             )
-        await db.execute("DELETE FROM idempotency WHERE created_at <= ?",
-                         (now_ms() - IDEMPOTENCY_WINDOW_MS,))
+        db.execute("DELETE FROM idempotency WHERE created_at <= ?",
+                   (now_ms() - IDEMPOTENCY_WINDOW_MS,))
         return removed
 
     # -- reads: their own connection ------------------------------------------------------
 
     async def _read(self, sql: str, params: Any) -> list[Any]:
-        if self._reader is None:
+        reader = self._reader
+        if reader is None or reader.db is None:
             raise StoreUnavailable("the store is not open")
         try:
-            # One call in the connection's thread: execute and fetch to the end there. With
-            # execute() then fetchall(), a caller cancelled in between (a client that drops
-            # mid-replay) leaves a stepped statement open, and that pins this connection to
-            # an old snapshot, so every later read misses newer commits.
-            return list(await self._reader.execute_fetchall(sql, params))
-        except aiosqlite.Error as exc:
+            return await reader.run(reader.fetchall, sql, params)
+        except sqlite3.Error as exc:
             raise StoreUnavailable(str(exc)) from exc
-
     async def state(self, user: str) -> tuple[int, int, int]:
         rows = await self._read(
             "SELECT coalesce(max(id), 0), coalesce(sum(NOT EXISTS ("
