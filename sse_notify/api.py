@@ -1,4 +1,7 @@
-"""The HTTP API on Quart: publish, history, read state, tokens, health, metrics, the demo.
+"""The HTTP API on Quart: history, read state, tokens, health, metrics, the demo.
+
+``POST /notifications`` is declared here (routing, OpenAPI) but served in front of Quart by
+the lean :class:`~sse_notify.transports.PublishEndpoint`.
 
 Handlers raise :class:`~sse_notify.errors.ApiError`; ``app.py`` renders every error as the
 contract's JSON body. Bodies are decoded with orjson whatever their ``Content-Type`` (so
@@ -31,8 +34,6 @@ __all__ = ["api"]
 
 api = Blueprint("api", __name__)
 
-_IDEMPOTENCY_KEY_RE = re.compile(r"[\x20-\x7e]{1,128}")
-
 
 def _service() -> Service:
     return current_app.extensions["sse_notify"]
@@ -59,14 +60,10 @@ def _subscriber() -> str:
 @document_response(IdsResponse, 201)
 @document_response(ErrorBody, 422)
 async def publish() -> Response:
-    service = _service()
-    publisher = verify_publisher(service.signer, request.headers).subject
-    key = request.headers.get("Idempotency-Key")
-    if key is not None and not _IDEMPOTENCY_KEY_RE.fullmatch(key):
-        raise ApiError.invalid("Idempotency-Key must be 1-128 printable ASCII characters.")
-    body = parse(PublishBody, await _body())
-    result = await service.publish(body.drafts(), publisher, key)
-    return _json({"ids": result.ids}, 201 if result.created else 200)
+    """Declared for Quart's routing (405 answers, OPTIONS) and /openapi.json only: the
+    request itself is served in front of Quart by
+    :class:`~sse_notify.transports.PublishEndpoint`, so this body never runs."""
+    raise ApiError(500, "internal_error", "POST /notifications is served before Quart.")
 
 
 @api.get("/notifications")

@@ -1,7 +1,7 @@
 """``create_app(settings)``: the Quart app with the service wired in.
 
-The two streaming endpoints (``/events``, ``/ws``) are lean ASGI handlers placed in front
-of Quart; everything else is a Quart view. Every error, Quart's own included, is rendered
+The hot endpoints (``/events``, ``/ws``, ``POST /notifications``) are lean ASGI handlers
+placed in front of Quart; everything else is a Quart view. Every error, Quart's own included, is rendered
 as the contract's JSON body. The service starts before the server accepts connections and
 stops after the last one closed; ``begin_shutdown`` ends open streams so that happens fast.
 """
@@ -21,7 +21,7 @@ from .config import Settings
 from .errors import ApiError, error_body
 from .service import Service
 from .store import StoreUnavailable
-from .transports import SSEEndpoint, WebSocketEndpoint
+from .transports import PublishEndpoint, SSEEndpoint, WebSocketEndpoint
 
 __all__ = ["create_app"]
 
@@ -37,20 +37,25 @@ def _error_response(status: int, code: str, message: str,
                     content_type="application/json", headers=headers)
 
 
-class _StreamingRoutes:
-    """ASGI: ``/events`` and ``/ws`` go to the transports, the rest to Quart."""
+class _LeanRoutes:
+    """ASGI: ``/events``, ``/ws`` and ``POST /notifications`` go to the lean endpoints,
+    the rest to Quart."""
 
-    def __init__(self, app: Any, sse: SSEEndpoint, ws: WebSocketEndpoint):
-        self.app, self.sse, self.ws = app, sse, ws
+    def __init__(self, app: Any, service: Service):
+        self.app = app
+        self.sse, self.ws, self.publish = (
+            SSEEndpoint(service), WebSocketEndpoint(service), PublishEndpoint(service))
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         path = scope.get("path")
-        if scope["type"] == "http" and path == "/events":
-            await self.sse(scope, receive, send)
+        if scope["type"] == "http":
+            if path == "/notifications" and scope["method"] == "POST":
+                return await self.publish(scope, receive, send)
+            if path == "/events":
+                return await self.sse(scope, receive, send)
         elif scope["type"] == "websocket" and path == "/ws":
-            await self.ws(scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
+            return await self.ws(scope, receive, send)
+        await self.app(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None, *, service: Service | None = None) -> Quart:
@@ -62,7 +67,7 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
     QuartSchema(app, info=Info(title="sse-notify", version="1.0.0"),
                 swagger_ui_path=None, redoc_ui_path=None, scalar_ui_path=None)
     app.register_blueprint(api)
-    app.asgi_app = _StreamingRoutes(app.asgi_app, SSEEndpoint(service), WebSocketEndpoint(service))
+    app.asgi_app = _LeanRoutes(app.asgi_app, service)
 
     @app.before_serving
     async def _start() -> None:

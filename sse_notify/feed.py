@@ -50,6 +50,9 @@ def parse_topics(value: str | None) -> frozenset[str] | None:
 
 
 class Feed:
+    __slots__ = ("hub", "store", "user", "transport", "topics", "cursor", "expires_at",
+                 "heartbeat", "stream")
+
     def __init__(self, hub: Hub, store: Store, user: str, *, transport: str,
                  topics: frozenset[str] | None = None, cursor: int | None = None,
                  expires_at: float | None = None, heartbeat: float = 15.0):
@@ -113,30 +116,35 @@ class Feed:
 
     async def _live(self, send: Send, stream: Stream, last: int) -> str:
         stats = self.hub.stats
-        warn_at = None if self.expires_at is None else self.expires_at - EXPIRY_WARNING
+        loop = asyncio.get_running_loop()
+        expires_at = self.expires_at
+        warn_at = None if expires_at is None else expires_at - EXPIRY_WARNING
+        quiet_until = loop.time() + self.heartbeat  # keepalive due unless something is sent
         while True:
-            timeout, quiet = self.heartbeat, True
-            if self.expires_at is not None:
+            wait = quiet_until - loop.time()
+            if expires_at is not None:
                 now = time.time()
-                if now >= self.expires_at:
+                if now >= expires_at:
                     return "expired"
                 if warn_at is not None and now >= warn_at:
                     warn_at = None
-                    await send([token_expiring(self.expires_at)])
+                    await send([token_expiring(expires_at)])
+                    quiet_until = loop.time() + self.heartbeat
                     continue
-                until = (self.expires_at if warn_at is None else warn_at) - now
-                if until < timeout:
-                    timeout, quiet = until, False
-            batch = await stream.next_batch(timeout)
-            if not batch:
-                if quiet:
-                    await send([KEEPALIVE])
+                wait = min(wait, (expires_at if warn_at is None else warn_at) - now)
+            if wait <= 0:
+                await send([KEEPALIVE])
+                quiet_until = loop.time() + self.heartbeat
                 continue
-            fresh = [e for e in batch if e.id is None or e.id > last]
-            for event in reversed(fresh):
-                if event.id is not None:
+            batch = await stream.next_batch(wait)
+            fresh = []
+            for event in batch:  # in id order; skip what the replay already sent
+                if event.id is None:
+                    fresh.append(event)
+                elif event.id > last:
+                    fresh.append(event)
                     last = event.id
-                    break
+                    stats.delivered += 1
             if fresh:
-                stats.delivered += sum(1 for e in fresh if e.id is not None)
                 await send(fresh)
+                quiet_until = loop.time() + self.heartbeat

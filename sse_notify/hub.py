@@ -4,6 +4,8 @@ Deliberate decisions:
 
 * Fan-out never blocks: ``dispatch`` appends to each stream's buffer and wakes its
   consumer at most once per batch (a waiter future is set only while the consumer waits).
+  The consumer's wake-up timer (heartbeat, token expiry) is kept across events rather
+  than armed and cancelled for each one.
 * A notification is encoded once (:class:`~sse_notify.wire.Outbound`) and the same object
   is shared by every stream it reaches.
 * A live stream whose buffer would exceed its bound is closed (the client reconnects with
@@ -40,7 +42,7 @@ class Stream:
     """One open SSE response or WebSocket: its filter and its bounded buffer."""
 
     __slots__ = ("user", "topics", "transport", "limit", "replaying", "lagged",
-                 "close_reason", "on_close", "_buffer", "_waiter", "_stats")
+                 "close_reason", "on_close", "_buffer", "_waiter", "_timer", "_timer_at", "_stats")
 
     def __init__(self, user: str, topics: frozenset[str] | None, transport: str,
                  limit: int, stats: HubStats):
@@ -54,6 +56,8 @@ class Stream:
         self.on_close: Callable[[], object] | None = None
         self._buffer: list[Outbound] = []
         self._waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
         self._stats = stats
 
     def wants(self, event: Outbound) -> bool:
@@ -74,38 +78,55 @@ class Stream:
                 self._stats.slow_disconnects += 1
                 self.close("overflow")
                 return
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._wake()
 
     async def next_batch(self, timeout: float) -> list[Outbound]:
-        """Everything buffered, waiting up to ``timeout`` s for something; [] on timeout."""
+        """Everything buffered, waiting up to ``timeout`` s for something; [] when a
+        wake-up time passes: this call's, or an earlier one a previous call asked for.
+
+        The wake-up timer outlives the call that set it: a stream that receives events
+        keeps one timer per quiet interval instead of arming and cancelling one per
+        event. A caller that needs a full quiet interval checks its own clock on [].
+        """
         if not self._buffer and self.close_reason is None:
             loop = asyncio.get_running_loop()
-            waiter = self._waiter = loop.create_future()
-            timer = loop.call_later(timeout, _wake, waiter)
+            at = loop.time() + timeout
+            if self._timer is None or self._timer_at > at:
+                if self._timer is not None:
+                    self._timer.cancel()
+                self._timer = loop.call_at(at, self._ring)
+                self._timer_at = at
+            self._waiter = loop.create_future()
             try:
-                await waiter
+                await self._waiter
             finally:
-                timer.cancel()
                 self._waiter = None
         batch, self._buffer = self._buffer, []
         return batch
+
+    def _ring(self) -> None:
+        self._timer = None
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def close(self, reason: str) -> None:
         if self.close_reason is not None:
             return
         self.close_reason = reason
         self._buffer = []
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        self._stop_timer()
+        self._wake()
         if self.on_close is not None:
             self.on_close()
 
-
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 class Hub:
@@ -124,6 +145,7 @@ class Hub:
         try:
             yield stream
         finally:
+            stream._stop_timer()
             self._all.discard(stream)
             streams = self._by_user.get(user)
             if streams is not None:

@@ -1,13 +1,19 @@
-"""Small ASGI helpers shared by the transports: request parts and JSON error answers."""
+"""Small ASGI helpers shared by the lean endpoints: request parts, JSON answers, and how a
+stream's feed runs beside the watch on its client.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import logging
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qsl
 
 from ..errors import ApiError
+from ..feed import Feed, Send
+
+log = logging.getLogger(__name__)
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -33,13 +39,18 @@ def query_params(scope: Scope) -> dict[str, str]:
     return params
 
 
-async def send_error(send: ASGISend, error: ApiError,
-                     extra_headers: list[tuple[str, str]] = ()) -> None:  # type: ignore[assignment]
-    body = error.body()
+async def send_json(send: ASGISend, status: int, body: bytes,
+                    extra_headers: Iterable[tuple[str, str]] = ()) -> None:
+    """A whole JSON answer: ``body`` is already encoded."""
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-    headers += [(k.lower().encode(), v.encode()) for k, v in (*extra_headers, *error.headers.items())]
-    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    headers += [(k.lower().encode(), v.encode()) for k, v in extra_headers]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+async def send_error(send: ASGISend, error: ApiError,
+                     extra_headers: Iterable[tuple[str, str]] = ()) -> None:
+    await send_json(send, error.status, error.body(), (*extra_headers, *error.headers.items()))
 
 
 async def send_within(send: ASGISend, message: dict[str, Any], timeout: float = CLOSE_TIMEOUT) -> None:
@@ -49,3 +60,41 @@ async def send_within(send: ASGISend, message: dict[str, Any], timeout: float = 
             await send(message)
     except (TimeoutError, OSError):
         pass
+
+
+async def run_feed(feed: Feed, write: Send, client: Awaitable[None]) -> str:
+    """Run ``feed`` in the calling task while a second task runs ``client`` (it ends when
+    the client has gone); whichever ends first stops the other. Returns why the stream
+    ended: ``"gone"``, the hub's close reason (``"overflow"``, ``"shutdown"``), the feed's
+    own end (``"expired"``), or ``"error"``.
+
+    The feed runs in the request's own task rather than a task of its own: one task less
+    per open stream. Both ways of stopping it -- the client gone, the hub closing the
+    stream -- cancel this task; any other cancellation (the server going away) propagates.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    running = True
+    gone = False
+
+    def client_ended(_: asyncio.Task[None]) -> None:
+        nonlocal gone
+        if running:
+            gone = True
+            task.cancel()
+
+    watcher = asyncio.ensure_future(client)
+    watcher.add_done_callback(client_ended)
+    try:
+        return await feed.run(write)
+    except asyncio.CancelledError:
+        if not gone and feed.close_reason is None:
+            raise
+        task.uncancel()
+        return "gone" if gone else feed.close_reason  # type: ignore[return-value]
+    except Exception as exc:
+        log.error("%s stream failed: %r", feed.transport, exc)
+        return "error"
+    finally:
+        running = False
+        watcher.cancel()

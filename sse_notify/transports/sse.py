@@ -1,15 +1,12 @@
 """``GET /events``: Server-Sent Events.
 
 Headers and the ``retry:`` field are flushed before anything else, so ``EventSource.onopen``
-fires at once. A stream runs two tasks: the sender (the feed) and a watcher that waits for
-the client to go away; whichever ends first ends the other. Queued events are written in
-one chunk per wake-up, not one send per event.
+fires at once. The feed runs in the request's task beside one watcher task that waits for
+the client to go away (:func:`~.asgi.run_feed`). Queued events are written in one chunk
+per wake-up, not one send per event.
 """
 
 from __future__ import annotations
-
-import asyncio
-import logging
 
 from ..auth import subscriber_token, verify_subscriber
 from ..cors import cors_headers, preflight_headers
@@ -18,11 +15,11 @@ from ..feed import Feed, parse_cursor, parse_topics
 from ..models import valid_name
 from ..service import Service
 from ..wire import Outbound, sse_retry
-from .asgi import ASGISend, Receive, Scope, request_headers, query_params, send_error, send_within
+from .asgi import (
+    ASGISend, Receive, Scope, query_params, request_headers, run_feed, send_error, send_within,
+)
 
 __all__ = ["SSEEndpoint", "stream_topics"]
-
-log = logging.getLogger(__name__)
 
 
 def stream_topics(query: dict[str, str]) -> frozenset[str] | None:
@@ -37,6 +34,21 @@ class SSEEndpoint:
         self.service = service
 
     async def __call__(self, scope: Scope, receive: Receive, send: ASGISend) -> None:
+        feed = await self._start(scope, send)
+        if feed is None:
+            return
+
+        async def write(events: list[Outbound]) -> None:
+            body = events[0].sse if len(events) == 1 else b"".join(e.sse for e in events)
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+
+        if await run_feed(feed, write, _disconnected(receive)) != "gone":
+            await send_within(send, {"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _start(self, scope: Scope, send: ASGISend) -> Feed | None:
+        """Check the request and flush the headers and ``retry:``; the feed to run, or
+        None when the request was answered otherwise. (A function of its own so that the
+        request's parsed parts are not kept for the life of the stream.)"""
         settings = self.service.settings
         headers = request_headers(scope)
         cors = cors_headers(headers.get("origin"), settings.allow_origin)
@@ -45,7 +57,7 @@ class SSEEndpoint:
                 (k.lower().encode(), v.encode())
                 for k, v in preflight_headers(headers.get("origin"), settings.allow_origin)]})
             await send({"type": "http.response.body", "body": b""})
-            return
+            return None
         query = query_params(scope)
         try:
             if scope["method"] not in ("GET", "HEAD"):
@@ -55,13 +67,12 @@ class SSEEndpoint:
             topics = stream_topics(query)
         except ApiError as error:
             await send_error(send, error, cors)
-            return
+            return None
 
         raw_cursor = headers["last-event-id"] if "last-event-id" in headers else query.get("last_event_id")
         feed = Feed(self.service.hub, self.service.store, claims.subject, transport="sse",
                     topics=topics, cursor=parse_cursor(raw_cursor),
                     expires_at=claims.expires_at, heartbeat=settings.heartbeat)
-
         await send({"type": "http.response.start", "status": 200, "headers": [
             (b"content-type", b"text/event-stream; charset=utf-8"),
             (b"cache-control", b"no-cache"),
@@ -69,25 +80,9 @@ class SSEEndpoint:
             *((k.lower().encode(), v.encode()) for k, v in cors),
         ]})
         await send({"type": "http.response.body", "body": sse_retry(settings.retry), "more_body": True})
-
-        async def write(events: list[Outbound]) -> None:
-            body = events[0].sse if len(events) == 1 else b"".join(e.sse for e in events)
-            await send({"type": "http.response.body", "body": body, "more_body": True})
-
-        sender = asyncio.create_task(feed.run(write))
-        watcher = asyncio.create_task(_wait_for_disconnect(receive))
-        try:
-            done, _ = await asyncio.wait((sender, watcher), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sender.cancel()
-            watcher.cancel()
-        if watcher in done:
-            return  # the client went away; nothing more to send
-        if not sender.cancelled() and sender.exception() is not None:
-            log.error("event stream failed: %r", sender.exception())
-        await send_within(send, {"type": "http.response.body", "body": b"", "more_body": False})
+        return feed
 
 
-async def _wait_for_disconnect(receive: Receive) -> None:
+async def _disconnected(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass

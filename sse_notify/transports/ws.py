@@ -3,15 +3,15 @@
 Auth comes from ``Authorization: Bearer`` or ``?token=`` (cursor in ``?last_event_id=``),
 else from a first frame ``{"type": "auth", "token": ..., "last_event_id": ...}`` within
 10 s. Either way the upgrade is accepted first, so a failure can be explained in an
-``error`` frame before the ``4401`` close. After auth, a receiver task answers the
-client's frames (``read``, ``ping``) while the feed sends; bad frames get an error frame
-and the socket stays open.
+``error`` frame before the ``4401`` close. After auth the feed runs in the connection's
+task while a receiver task answers the client's frames (``read``, ``ping``); bad frames
+get an error frame and the socket stays open. The receiver ending (the client closed)
+ends the feed (:func:`~.asgi.run_feed`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any
 
 import orjson
@@ -24,16 +24,14 @@ from ..service import Service
 from ..store import StoreUnavailable
 from ..tokens import Claims
 from ..wire import KEEPALIVE, Outbound, ws_frame
-from .asgi import ASGISend, Receive, Scope, query_params, request_headers, send_within
+from .asgi import ASGISend, Receive, Scope, query_params, request_headers, run_feed, send_within
 from .sse import stream_topics
 
 __all__ = ["WebSocketEndpoint"]
 
-log = logging.getLogger(__name__)
-
 AUTH_TIMEOUT = 10.0
 
-CLOSE_CODES = {"expired": 4401, "overflow": 1013, "shutdown": 1001}
+CLOSE_CODES = {"expired": 4401, "overflow": 1013, "shutdown": 1001}  # else 1011
 
 
 class _Disconnected(Exception):
@@ -98,23 +96,9 @@ class WebSocketEndpoint:
                 if event is not KEEPALIVE:  # WebSocket has its own pings (Hypercorn's)
                     await send({"type": "websocket.send", "text": event.ws})
 
-        sender = asyncio.create_task(feed.run(write))
-        receiver = asyncio.create_task(self._answer_frames(receive, send, claims.subject))
-        try:
-            done, _ = await asyncio.wait((sender, receiver), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sender.cancel()
-            receiver.cancel()
-        if receiver in done:
-            return  # the client closed
-        if sender.cancelled():
-            reason = feed.close_reason or "shutdown"
-        elif sender.exception() is not None:
-            log.error("websocket stream failed: %r", sender.exception())
-            reason = "error"
-        else:
-            reason = sender.result()
-        await send_within(send, {"type": "websocket.close", "code": CLOSE_CODES.get(reason, 1011)})
+        reason = await run_feed(feed, write, self._answer_frames(receive, send, claims.subject))
+        if reason != "gone":
+            await send_within(send, {"type": "websocket.close", "code": CLOSE_CODES.get(reason, 1011)})
 
     async def _answer_frames(self, receive: Receive, send: ASGISend, user: str) -> None:
         while True:
