@@ -94,7 +94,7 @@ def render_markdown(run: dict[str, Any], chart_name: str | None = "latency.png")
     missed = [r for r in rows if r["met"] is False]
     out = ["# sse-notify benchmark results", ""]
     if missed:
-        out += ["> **Baseline before optimisation.** Targets missed in this run: "
+        out += ["> Targets missed in this run: "
                 + "; ".join(f"{r['scenario']} {r['figure']} ({r['value']}, target {r['target']})" for r in missed)
                 + ".", ""]
     out += [
@@ -104,7 +104,7 @@ def render_markdown(run: dict[str, Any], chart_name: str | None = "latency.png")
         "(the machine is shared: see the *wait* columns, time the pinned process was runnable but "
         "its core was taken by another tenant).",
         f"- Versions: Python {m['python']}, sse-notify {m['sse_notify']}, Hypercorn {m['hypercorn']}, "
-        f"Quart {m['quart']}, uvloop {m['uvloop']}, aiosqlite {m['aiosqlite']}, h11 {m['h11']}, "
+        f"Quart {m['quart']}, uvloop {m['uvloop']}, SQLite {m.get('sqlite', '?')}, h11 {m['h11']}, "
         f"wsproto {m['wsproto']}; peer: {m.get('peer', 'not run')}.",
         f"- Pinning: {run['pinning'] or 'none'}. Server flags: `--no-access-log`, otherwise defaults "
         "(`--heartbeat 15`, `--stream-buffer 1024`, SQLite WAL with `synchronous=FULL`).",
