@@ -136,9 +136,9 @@ class Feed:
                 await send([KEEPALIVE])
                 quiet_until = loop.time() + self.heartbeat
                 continue
-            batch = await stream.next_batch(wait)
+            await stream.wait(wait)
             fresh = []
-            for event in batch:  # in id order; skip what the replay already sent
+            for event in stream.take():  # in id order; skip what the replay already sent
                 if event.id is None:
                     fresh.append(event)
                 elif event.id > last:

@@ -5,7 +5,8 @@ Deliberate decisions:
 * Fan-out never blocks: ``dispatch`` appends to each stream's buffer and wakes its
   consumer at most once per batch (a waiter future is set only while the consumer waits).
   The consumer's wake-up timer (heartbeat, token expiry) is kept across events rather
-  than armed and cancelled for each one.
+  than armed and cancelled for each one, and waiting allocates nothing else that lives
+  until the next event (see :meth:`Stream.wait`).
 * A notification is encoded once (:class:`~sse_notify.wire.Outbound`) and the same object
   is shared by every stream it reaches.
 * A live stream whose buffer would exceed its bound is closed (the client reconnects with
@@ -80,28 +81,36 @@ class Stream:
                 return
         self._wake()
 
-    async def next_batch(self, timeout: float) -> list[Outbound]:
-        """Everything buffered, waiting up to ``timeout`` s for something; [] when a
-        wake-up time passes: this call's, or an earlier one a previous call asked for.
+    def wait(self, timeout: float) -> asyncio.Future[None]:
+        """A future done when something is buffered or the stream closes -- at once if
+        that is so already -- or when a wake-up time passes: ``timeout`` s from now, or
+        an earlier one a previous call asked for. Then :meth:`take` the batch.
 
-        The wake-up timer outlives the call that set it: a stream that receives events
-        keeps one timer per quiet interval instead of arming and cancelling one per
-        event. A caller that needs a full quiet interval checks its own clock on [].
+        Nothing made here outlives the wait except the future itself: a stream that
+        receives events keeps one timer per quiet interval instead of arming and
+        cancelling one per event, and its buffer list is reused. (Objects that live from
+        one event to the next get promoted by the garbage collector; with 10,000 streams
+        each full collection takes most of a second.) A caller that needs a full quiet
+        interval checks its own clock when the batch is empty.
         """
-        if not self._buffer and self.close_reason is None:
-            loop = asyncio.get_running_loop()
-            at = loop.time() + timeout
-            if self._timer is None or self._timer_at > at:
-                if self._timer is not None:
-                    self._timer.cancel()
-                self._timer = loop.call_at(at, self._ring)
-                self._timer_at = at
-            self._waiter = loop.create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        batch, self._buffer = self._buffer, []
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        if self._buffer or self.close_reason is not None:
+            waiter.set_result(None)
+            return waiter
+        at = loop.time() + timeout
+        if self._timer is None or self._timer_at > at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = loop.call_at(at, self._ring)
+            self._timer_at = at
+        self._waiter = waiter
+        return waiter
+
+    def take(self) -> list[Outbound]:
+        """Everything buffered, oldest first."""
+        batch = self._buffer.copy()
+        self._buffer.clear()
         return batch
 
     def _ring(self) -> None:
@@ -110,14 +119,16 @@ class Stream:
 
     def _wake(self) -> None:
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():  # a cancelled wait leaves a done future behind
+                waiter.set_result(None)
 
     def close(self, reason: str) -> None:
         if self.close_reason is not None:
             return
         self.close_reason = reason
-        self._buffer = []
+        self._buffer.clear()
         self._stop_timer()
         self._wake()
         if self.on_close is not None:

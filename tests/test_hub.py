@@ -23,9 +23,15 @@ def kinds(batch: list) -> list[str]:
     return [json.loads(e.ws)["type"] for e in batch]
 
 
+async def next_batch(stream: Stream, timeout: float) -> list:
+    """What a consumer gets: wait (up to ``timeout`` s), then take what is buffered."""
+    await stream.wait(timeout)
+    return stream.take()
+
+
 async def drain(stream: Stream) -> list:
-    """What is buffered right now (next_batch returns at once when the buffer is not empty)."""
-    return await stream.next_batch(5)
+    """What is buffered right now (the wait ends at once when the buffer is not empty)."""
+    return await next_batch(stream, 5)
 
 
 # -- registration ---------------------------------------------------------------------
@@ -52,7 +58,7 @@ async def test_subscribe_unregisters_when_the_body_raises() -> None:
             raise RuntimeError("boom")
     assert (hub.count(), hub.user_count()) == (0, 0)
     hub.dispatch([note(1)])
-    assert await stream.next_batch(0.01) == []  # the dead stream no longer receives anything
+    assert await next_batch(stream, 0.01) == []  # the dead stream no longer receives anything
 
 
 async def test_subscribe_unregisters_when_cancelled() -> None:
@@ -110,7 +116,7 @@ async def test_read_events_reach_every_stream_of_the_user_regardless_of_topics()
         for stream in (a1, a2):
             [event] = await drain(stream)
             assert event.id is None and json.loads(event.ws) == {"type": "read", "ids": [1, 2]}
-        assert await b.next_batch(0.01) == []
+        assert await next_batch(b, 0.01) == []
 
 
 async def test_one_outbound_object_is_shared_by_all_streams() -> None:
@@ -149,7 +155,7 @@ async def test_live_stream_overflow_closes_it() -> None:
         assert hub.stats.slow_disconnects == 1
         assert healthy.close_reason is None and ids(await drain(healthy)) == [4]
         hub.dispatch([note(5), note(6)])  # a closed stream takes nothing more...
-        assert await stream.next_batch(5) == []  # ...and never waits
+        assert await next_batch(stream, 5) == []  # ...and never waits
         assert closed == ["overflow"] and hub.stats.slow_disconnects == 1
 
 
@@ -173,15 +179,15 @@ async def test_overflow_of_control_events_while_replaying_still_closes() -> None
         assert hub.stats.slow_disconnects == 1
 
 
-# -- next_batch -----------------------------------------------------------------------
+# -- wait and take ---------------------------------------------------------------------
 
 async def test_next_batch_returns_everything_buffered_at_once() -> None:
     hub = Hub()
     async with hub.subscribe("alice") as stream:
         hub.dispatch([note(1)])
         hub.dispatch([note(2), note(3)])
-        assert ids(await stream.next_batch(5)) == [1, 2, 3]
-        assert await stream.next_batch(0.01) == []
+        assert ids(await next_batch(stream, 5)) == [1, 2, 3]
+        assert await next_batch(stream, 0.01) == []
 
 
 async def test_next_batch_returns_empty_on_timeout() -> None:
@@ -189,14 +195,14 @@ async def test_next_batch_returns_empty_on_timeout() -> None:
     async with hub.subscribe("alice") as stream:
         loop = asyncio.get_running_loop()
         start = loop.time()
-        assert await stream.next_batch(0.05) == []
+        assert await next_batch(stream, 0.05) == []
         assert loop.time() - start >= 0.04
 
 
 async def test_next_batch_wakes_when_an_event_arrives() -> None:
     hub = Hub()
     async with hub.subscribe("alice") as stream:
-        waiting = asyncio.create_task(stream.next_batch(30))
+        waiting = asyncio.create_task(next_batch(stream, 30))
         await asyncio.sleep(0)  # a scheduling yield: let it start waiting
         assert not waiting.done() and stream._waiter is not None
         hub.dispatch([note(1), note(2)])
@@ -210,7 +216,7 @@ async def test_close_all_ends_every_stream() -> None:
     async with hub.subscribe("alice") as a, hub.subscribe("bob", transport="ws") as b:
         a.on_close = lambda: reasons.append("a")
         b.on_close = lambda: reasons.append("b")
-        waiting = asyncio.create_task(a.next_batch(30))
+        waiting = asyncio.create_task(next_batch(a, 30))
         await asyncio.sleep(0)
         hub.dispatch([note(1, "bob")])
         hub.close_all()
@@ -218,7 +224,7 @@ async def test_close_all_ends_every_stream() -> None:
             assert await waiting == []
         assert (a.close_reason, b.close_reason) == ("shutdown", "shutdown")
         assert sorted(reasons) == ["a", "b"]
-        assert await b.next_batch(5) == []  # buffered events are dropped
+        assert await next_batch(b, 5) == []  # buffered events are dropped
         assert hub.stats.slow_disconnects == 0
         hub.close_all("again")  # closing twice keeps the first reason, calls on_close once
         assert a.close_reason == "shutdown" and sorted(reasons) == ["a", "b"]

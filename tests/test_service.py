@@ -38,7 +38,8 @@ async def collect(stream: Stream, count: int, timeout: float = 5.0) -> list:
     events: list = []
     async with asyncio.timeout(timeout):
         while len(events) < count:
-            events += await stream.next_batch(timeout)
+            await stream.wait(timeout)
+            events += stream.take()
     return events
 
 
