@@ -8,6 +8,7 @@ stops after the last one closed; ``begin_shutdown`` ends open streams so that ha
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -88,6 +89,11 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
 
     @app.errorhandler(ApiError)
     async def _api_error(error: ApiError) -> Response:
+        # A request refused before its body was read (a bad token, say) still gets its
+        # body read, up to the limit: Hypercorn closes a keep-alive connection whose
+        # request was not read to its end, failing a next request already sent on it.
+        with contextlib.suppress(HTTPException):
+            await request.get_data(cache=False)
         return _error_response(error.status, error.code, error.message, error.headers)
 
     @app.errorhandler(StoreUnavailable)

@@ -23,6 +23,7 @@ Hypercorn holds without a limit too.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
@@ -77,10 +78,14 @@ class PublishEndpoint:
         await send_json(send, status, orjson.dumps({"ids": ids}), cors)
 
     async def _publish(self, headers: dict[str, str], receive: Receive) -> tuple[int, list[int]]:
-        publisher = self._publisher(headers)
-        key = headers.get("idempotency-key")
-        if key is not None and not IDEMPOTENCY_KEY_RE.fullmatch(key):
-            raise ApiError.invalid("Idempotency-Key must be 1-128 printable ASCII characters.")
+        try:
+            publisher = self._publisher(headers)
+            key = headers.get("idempotency-key")
+            if key is not None and not IDEMPOTENCY_KEY_RE.fullmatch(key):
+                raise ApiError.invalid("Idempotency-Key must be 1-128 printable ASCII characters.")
+        except ApiError:
+            await self._drop_body(headers, receive)
+            raise
         raw = await self._body(headers, receive)
         try:
             data = orjson.loads(raw)
@@ -99,6 +104,13 @@ class PublishEndpoint:
                 self._verified.clear()
             self._verified[authorization] = claims  # type: ignore[index]
         return claims.subject
+
+    async def _drop_body(self, headers: dict[str, str], receive: Receive) -> None:
+        """Read and drop the body of a request refused before its body was read. Hypercorn
+        closes a keep-alive connection whose request was not read to its end, and a client
+        that already sent its next request on it would see that request fail."""
+        with contextlib.suppress(ApiError, _Disconnected):  # over the limit: let it close
+            await self._body(headers, receive)
 
     async def _body(self, headers: dict[str, str], receive: Receive) -> bytes:
         limit = self.service.settings.max_body

@@ -394,6 +394,31 @@ async def test_publish_without_a_valid_publisher_token_is_401(shared: ServerProc
         assert await history(shared, user) == []
 
 
+@pytest.mark.parametrize("path", ["/notifications", "/tokens", "/notifications/read"])
+async def test_a_request_refused_before_its_body_arrived_keeps_the_connection(
+        shared: ServerProcess, path: str) -> None:
+    """The body comes in a second segment, after the server has already refused the
+    token: the server still reads it, so the keep-alive connection carries the next
+    request (otherwise a client that already sent that request sees it fail)."""
+    body = b'{"user": "u", "title": "t"}'
+
+    def exchange() -> list[bytes]:
+        with socket.create_connection(("127.0.0.1", shared.port), timeout=10) as sock:
+            sock.sendall(b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer forged\r\n"
+                         b"Content-Length: %d\r\n\r\n" % (path.encode(), len(body)))
+            time.sleep(0.2)  # the refusal is sent before the body arrives
+            sock.sendall(body + b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            received = b""
+            while received.count(b"HTTP/1.1 ") < 2 or not received.endswith(b"}"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                received += chunk
+        return re.findall(rb"HTTP/1\.1 (\d{3}) ", received)
+
+    assert await asyncio.to_thread(exchange) == [b"401", b"200"]
+
+
 async def test_expired_publisher_token_is_401(shared: ServerProcess) -> None:
     user = uid()
     token = shared.signer.publisher("backend", ttl=1)
