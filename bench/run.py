@@ -86,8 +86,8 @@ class Plan:
     @classmethod
     def quick(cls) -> Plan:
         return cls(s1_levels=[500, 2000], fanout_subs=[500, 2000],
-                   fanout_ladder=[5000, 20000, 40000, 60000], targeted_users=200,
-                   targeted_ladder=[250, 1000, 3000, 5000], replay=[(1000, 3)],
+                   fanout_ladder=[5000, 20000, 40000, 60000, 80000, 100000], targeted_users=200,
+                   targeted_ladder=[250, 1000, 2000, 3000, 4000, 5000], replay=[(1000, 3)],
                    step_s=2.0, drain_s=3.0, refine=0, settle_s=1.0, scenario_budget_s=240.0)
 
     @classmethod
