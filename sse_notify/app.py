@@ -1,14 +1,17 @@
 """``create_app(settings)``: the Quart app with the service wired in.
 
 The hot endpoints (``/events``, ``/ws``, ``POST /notifications``) are lean ASGI handlers
-placed in front of Quart; everything else is a Quart view. Every error, Quart's own included, is rendered
-as the contract's JSON body. The service starts before the server accepts connections and
-stops after the last one closed; ``begin_shutdown`` ends open streams so that happens fast.
+placed in front of Quart; everything else is a Quart view. Every error, Quart's own
+included, is rendered as the contract's JSON body. The service starts before the server
+accepts connections and stops after the last one closed; ``begin_shutdown`` ends open
+streams so that happens fast. Serving starts by shaping the garbage collector to a heap
+of many long-lived streams (:func:`_tune_gc`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 from typing import Any
 
@@ -36,6 +39,27 @@ def _error_response(status: int, code: str, message: str,
                     headers: dict[str, str] | None = None) -> Response:
     return Response(error_body(code, message), status=status,
                     content_type="application/json", headers=headers)
+
+
+#: Allocations before a young-generation collection (Python's default: 700).
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def _tune_gc() -> None:
+    """Shape the garbage collector to a heap of many long-lived streams.
+
+    Every open stream keeps a waiter future from one event to its next. With the default
+    young threshold, a broadcast to thousands of streams promotes all those futures to the
+    oldest generation, and the full collections they trigger walk every stream's objects:
+    most of a second each at 10,000 streams, so the broadcast p99 went over 1 s (bench
+    S2 at 10,000 subscribers and 10,000 deliveries/s: p99 1.6 s -> 0.6 s). A larger young
+    generation lets them die young. What exists when serving starts lives as long as the
+    process: it is frozen, out of every later collection's way.
+    """
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
 class _LeanRoutes:
@@ -72,6 +96,7 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
 
     @app.before_serving
     async def _start() -> None:
+        _tune_gc()
         await service.start()
 
     @app.after_serving
