@@ -2,8 +2,9 @@
 checked subscriber that counts gaps, duplicates and disorder, and a paced publisher.
 
 * :func:`rss_bytes`, :func:`fd_count`: the server's resident memory and open descriptors,
-  read from ``/proc/<pid>``. :func:`wait_until` polls a probe until it holds (for gauges
-  and descriptor counts, which have no event to await).
+  read from ``/proc/<pid>``; :class:`MetricsProbe` scrapes ``/metrics`` over one kept
+  connection. :func:`wait_until` polls a probe until it holds (for gauges and descriptor
+  counts, which have no event to await).
 * :class:`RawSSE`: ``GET /events`` over a bare asyncio connection (HTTP/1.1, chunked
   framing decoded by hand), so that hundreds of streams cost the test process little, a
   stream can be dropped with a reset or a clean close, and the receive buffer can be made
@@ -17,6 +18,7 @@ checked subscriber that counts gaps, duplicates and disorder, and a paced publis
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import random
 import resource
@@ -34,7 +36,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from ..helpers import SSEEvent
 
 __all__ = [
-    "Ledger", "RawSSE", "Sent", "Spec", "Subscriber", "fd_count", "format_figures",
+    "Ledger", "MetricsProbe", "RawSSE", "Sent", "Spec", "Subscriber", "fd_count", "format_figures",
     "percentile", "publish_loop", "raise_fd_limit", "rss_bytes", "wait_until",
 ]
 
@@ -66,17 +68,42 @@ def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-async def wait_until(probe: Callable[[], Awaitable[T]], ok: Callable[[T], bool], *,
+async def wait_until(probe: Callable[[], T | Awaitable[T]], ok: Callable[[T], bool], *,
                      timeout: float, what: str, interval: float = 0.1) -> T:
-    """Poll ``probe`` until ``ok`` holds; AssertionError naming ``what`` and the last value."""
+    """Poll ``probe`` (sync or async) until ``ok`` holds; AssertionError naming ``what``
+    and the last value after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while True:
-        value = await probe()
+        value = probe()
+        if inspect.isawaitable(value):
+            value = await value
         if ok(value):
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: still {value!r} after {timeout} s")
         await asyncio.sleep(interval)
+
+
+class MetricsProbe:
+    """``/metrics`` as {'name{labels}': value}, over one kept-alive connection: a client per
+    scrape (as ``tests.e2e.wsclient.metrics`` opens) would leave the server a closed
+    keep-alive socket per scrape for its keep-alive timeout, and skew descriptor counts."""
+
+    def __init__(self, url: str):
+        self.client = httpx.AsyncClient(base_url=url, timeout=30.0)
+
+    async def __call__(self) -> dict[str, float]:
+        resp = await self.client.get("/metrics")
+        assert resp.status_code == 200, resp.text
+        out: dict[str, float] = {}
+        for line in resp.text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                out[name] = float(value)
+        return out
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -326,8 +353,8 @@ class Subscriber:
     :meth:`run` connects, reads ``hello``, then notifications, and drops the connection
     after ``session(rng)`` seconds (sometimes with a reset, sometimes cleanly; sometimes
     before the head or during the replay), now and then stays away a while, and reconnects.
-    Once :attr:`target` is set (publishing stopped) it stays connected until it has
-    received that id. Everything a correct feed never does is counted."""
+    Once :meth:`finish` gives it a target (publishing stopped) it stays connected until
+    it has received that id. Everything a correct feed never does is counted."""
 
     spec: Spec
     port: int
@@ -346,6 +373,18 @@ class Subscriber:
     server_closes: int = 0
     anomalies: list[str] = field(default_factory=list)
     seen: set[int] = field(default_factory=set)
+    _scope: asyncio.Timeout | None = field(default=None, repr=False)
+
+    def finish(self, target: int) -> None:
+        """Publishing stopped and ``target`` is the newest id meant for this subscriber:
+        from now on :meth:`run` ends as soon as it has it (or after ``catch_up`` s)."""
+        self.target = target
+        scope = self._scope
+        if scope is not None and not scope.expired():
+            now = asyncio.get_running_loop().time()
+            limit = now if self.done() else now + self.catch_up
+            when = scope.when()
+            scope.reschedule(limit if when is None else min(when, limit))
 
     def done(self) -> bool:
         return self.target is not None and self.last >= self.target
@@ -377,6 +416,7 @@ class Subscriber:
             limit = self.catch_up if final else self.session(self.rng)
             try:
                 async with asyncio.timeout(limit) as scope:
+                    self._scope = scope
                     if self.spec.transport == "sse":
                         await self._sse()
                     else:

@@ -87,7 +87,7 @@ async def test_no_gap_no_duplicate_no_disorder_under_reconnect_storm(
             await asyncio.gather(*writers)
         expected = [ledger.expected(s.spec.user, s.spec.topics) for s in subscribers]
         for s, ids in zip(subscribers, expected):
-            s.target = ids[-1] if ids else 0
+            s.finish(ids[-1] if ids else 0)
         await asyncio.gather(*readers)
     finally:
         for task in readers:
