@@ -379,7 +379,11 @@ class _HTTPConn(asyncio.Protocol):
         callback, self.callback = self.callback, None
         if callback is not None:
             callback(int(buf[9:12]), buf[end + 4:end + 4 + length], None)
-        self.pool._idle_conn(self)
+        if b"\r\nconnection: close" in head:  # the server's last answer on it (Hypercorn:
+            self.lost = True                   # every 1,000 requests): the pool reconnects
+            self.transport.close()  # type: ignore[union-attr]
+        else:
+            self.pool._idle_conn(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True

@@ -239,6 +239,7 @@ class Step:
     cpu: dict[str, float]
     ok: bool = False
     note: str = ""
+    error_samples: list[str] = field(default_factory=list)
 
 
 def _verdict(step: Step) -> Step:
@@ -251,7 +252,7 @@ def _verdict(step: Step) -> Step:
     if step.closed:
         problems.append(f"{step.closed} streams closed")
     if step.errors:
-        problems.append(f"{step.errors} publish errors")
+        problems.append(f"{step.errors} publish errors" + (f" ({step.error_samples[0]})" if step.error_samples else ""))
     if step.overloaded:
         problems.append("publisher backlog")
     if not step.drained:
@@ -347,7 +348,7 @@ async def fanout(ctx: Ctx, kind: str, subscribers: int) -> dict[str, Any]:
         window = res.issued / rate if res.issued else duration
         return _verdict(Step(
             offered=offered, publish_rate=rate, published=res.ok, expected=res.ok * subscribers,
-            received=received, lost=lost, dup=dup, closed=sink.closed - closed0, errors=res.errors,
+            received=received, lost=lost, dup=dup, closed=sink.closed - closed0, errors=res.errors, error_samples=res.error_samples[:3],
             overloaded=res.overloaded, drained=drained, achieved=round(received / window),
             lat_ms={k: ms(v) for k, v in percentiles(lat).items()},
             ack_ms={k: ms(v) for k, v in percentiles(res.ack).items()}, cpu=cpu))
@@ -434,7 +435,7 @@ async def s3_targeted(ctx: Ctx) -> dict[str, Any]:
         return _verdict(Step(
             offered=offered, publish_rate=offered, published=res.ok, expected=res.ok,
             received=sink.delivered - delivered0, lost=lost, dup=sum(s.dups for s in streams) - dups0,
-            closed=sink.closed - closed0, errors=res.errors, overloaded=res.overloaded, drained=drained,
+            closed=sink.closed - closed0, errors=res.errors, error_samples=res.error_samples[:3], overloaded=res.overloaded, drained=drained,
             achieved=round(res.ok / window), lat_ms={k: ms(v) for k, v in percentiles(lat).items()},
             ack_ms={k: ms(v) for k, v in percentiles(res.ack).items()}, cpu=cpu))
 
