@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -141,6 +142,52 @@ async def test_a_bad_job_does_not_fail_other_writers_in_the_batch(store: SQLiteS
         return_exceptions=True,
     )
     assert [r.ids for r in (results[0], results[2])] == [[1], [2]]  # type: ignore[union-attr]
+
+
+async def test_a_removed_database_fails_its_batch_once_then_continues_in_a_new_file(
+        store: SQLiteStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = await add_one(store)
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{store.path}{suffix}").unlink(missing_ok=True)
+    transactions = 0
+    transaction = store._transaction
+
+    def counting(jobs):  # type: ignore[no-untyped-def]
+        nonlocal transactions
+        transactions += 1
+        return transaction(jobs)
+
+    monkeypatch.setattr(store, "_transaction", counting)
+    results = await asyncio.gather(*(store.add([draft()], "pub") for _ in range(3)),
+                                   return_exceptions=True)
+    assert all(isinstance(r, StoreUnavailable) for r in results), results
+    assert transactions == 1  # storage failing is not retried job by job
+    assert store.path.exists()  # reopened: a new file at the same path
+    after = await add_one(store)
+    assert after > first  # ids never go back
+    assert [n.id for n in await store.replay("alice", 0, None, 10)] == [after]
+    assert (await store.state("alice"))[2] >= first  # what was lost counts as pruned: "reset"
+
+
+async def test_a_store_that_cannot_reopen_keeps_answering_and_recovers_later(store: SQLiteStore) -> None:
+    first = await add_one(store)
+    data_dir = store.path.parent
+    shutil.rmtree(data_dir)
+    data_dir.write_text("a file where the data directory was")  # reopening must fail
+    for _ in range(2):  # each write is answered, none hangs
+        with pytest.raises(StoreUnavailable):
+            await asyncio.wait_for(store.add([draft()], "pub"), 10)
+    with pytest.raises(StoreUnavailable):
+        await store.state("alice")
+    data_dir.unlink()  # the path is usable again
+    assert await add_one(store) > first
+    await store.ping()
+
+
+async def test_ping_is_a_write(store: SQLiteStore) -> None:
+    await store.ping()
+    rows = await store._read("SELECT value FROM meta WHERE key = 'probed_at'", ())
+    assert rows and rows[0][0] > 0
 
 
 # -- idempotency ----------------------------------------------------------------------

@@ -19,6 +19,14 @@ Deliberate decisions:
   an old snapshot, and every later read would miss newer commits).
 * ``synchronous=FULL``: a committed batch survives power loss, not just a process crash.
   Group commit keeps that affordable.
+* **Storage failures are answered, not hidden.** A write that SQLite refuses (locked by
+  another process, disk full, I/O error) fails its whole batch with
+  :class:`StoreUnavailable` (503) at once. Before each commit the writer checks that the
+  database file is still the one it opened: if it was removed or replaced, the batch is
+  rolled back (never committed into a deleted file) and the store reopens its path,
+  recording every id issued so far as gone, so a cursor from before gets ``reset``, never a
+  silent gap. ``ping`` is a small write through the same queue (reads keep working in
+  WAL mode through all of these) plus a check for free disk space.
 * Closing lets a batch already being written finish (so what a caller was told committed
   is what is on disk) and fails only the jobs that never started.
 """
@@ -27,6 +35,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import shutil
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +53,14 @@ __all__ = ["SQLiteStore"]
 log = logging.getLogger(__name__)
 
 IDEMPOTENCY_WINDOW_MS = 24 * 3600 * 1000
+PING_TIMEOUT = 2.0  # seconds a health probe may wait for the writer
+#: Below this much free space on the database's filesystem, ``ping`` reports trouble: a
+#: small probe write still fits in space SQLite already holds when a publish no longer does.
+MIN_FREE_BYTES = 1 << 20
+
+
+class _FileGone(sqlite3.OperationalError):
+    """The database file was removed or replaced under the open connections."""
 
 _SCHEMA_V1 = """
 CREATE TABLE notifications (
@@ -101,6 +119,14 @@ def _fail(jobs: list[_Job], error: Exception) -> None:
             future.set_exception(error)
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:  # gone, or a parent is no longer a directory
+        return None
+    return st.st_dev, st.st_ino
+
+
 class _Connection:
     """One sqlite3 connection and the one thread that uses it."""
 
@@ -108,6 +134,7 @@ class _Connection:
         self.path = path
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=name)
         self.db: sqlite3.Connection | None = None
+        self.identity: tuple[int, int] | None = None
 
     async def open(self) -> None:
         self.db = await self.run(self._connect)
@@ -116,7 +143,13 @@ class _Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         for pragma in ("journal_mode=WAL", "synchronous=FULL", "busy_timeout=5000"):
             db.execute(f"PRAGMA {pragma}")
+        self.identity = _identity(self.path)
         return db
+
+    def check_file(self) -> None:
+        """Raise :class:`_FileGone` unless the path still names the file this connection uses."""
+        if _identity(self.path) != self.identity:
+            raise _FileGone(f"the database file {self.path} was removed or replaced")
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` in this connection's thread; it runs to its end even if the
@@ -161,17 +194,47 @@ class SQLiteStore:
     # -- lifecycle ---------------------------------------------------------------------
 
     async def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = _Connection(self.path, "sqlite-writer")
-        await self._writer.open()
-        self._last_id, self._pruned_through = await self._writer.run(self._migrate)
-        self._reader = _Connection(self.path, "sqlite-reader")
-        await self._reader.open()
+        await self._connect()
         self._closing = False
         self._writer_task = asyncio.create_task(self._run_writer(), name="sqlite-writer")
 
-    def _migrate(self) -> tuple[int, int]:
-        """Bring the schema up to date; returns ``(highest id ever issued, pruned through)``."""
+    async def _connect(self) -> None:
+        """Open both connections, or (on failure) neither."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = _Connection(self.path, "sqlite-writer")
+            await self._writer.open()
+            self._last_id, self._pruned_through = await self._writer.run(self._migrate, self._last_id)
+            self._reader = _Connection(self.path, "sqlite-reader")
+            await self._reader.open()
+        except BaseException:
+            await self._disconnect()
+            raise
+
+    async def _disconnect(self) -> None:
+        for connection in (self._reader, self._writer):
+            if connection is not None:
+                await connection.close()
+        self._reader = self._writer = None
+
+    async def _reopen(self) -> None:
+        """Connect afresh to whatever file the path names now (creating it if it is gone);
+        if that fails too, the next batch tries again."""
+        await self._disconnect()
+        try:
+            await self._connect()
+        except (OSError, sqlite3.Error) as exc:
+            log.error("cannot reopen %s: %s", self.path, exc)
+            return
+        log.error("reopened %s; notifications up to id %d are no longer stored",
+                  self.path, self._pruned_through)
+
+    def _migrate(self, issued: int) -> tuple[int, int]:
+        """Bring the schema up to date; returns ``(highest id ever issued, pruned through)``.
+
+        ``issued`` is the highest id this process already handed out: when the file holds
+        less (it was replaced or recreated), those ids are recorded as gone.
+        """
         assert self._writer is not None and self._writer.db is not None
         db = self._writer.db
         (version,) = db.execute("PRAGMA user_version").fetchone()
@@ -180,6 +243,10 @@ class SQLiteStore:
         (max_id,) = db.execute("SELECT coalesce(max(id), 0) FROM notifications").fetchone()
         row = db.execute("SELECT value FROM meta WHERE key='pruned_through'").fetchone()
         pruned_through = row[0] if row else 0
+        if issued > max(max_id, pruned_through):
+            pruned_through = issued
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('pruned_through', ?)",
+                       (pruned_through,))
         return max(max_id, pruned_through), pruned_through
 
     async def close(self) -> None:
@@ -190,13 +257,19 @@ class SQLiteStore:
             self._writer_task = None
         _fail(self._jobs, StoreUnavailable("the store is closed"))  # queued, never started
         self._jobs = []
-        for connection in (self._reader, self._writer):
-            if connection is not None:
-                await connection.close()
-        self._reader = self._writer = None
+        await self._disconnect()
 
     async def ping(self) -> None:
-        await self._read("SELECT 1", ())
+        """A small write through the writer's queue, answered within ``PING_TIMEOUT``, on a
+        filesystem with room to grow."""
+        try:
+            async with asyncio.timeout(PING_TIMEOUT):
+                await self._submit("probe")
+        except TimeoutError:
+            raise StoreUnavailable(f"storage did not answer within {PING_TIMEOUT:g} s") from None
+        free = shutil.disk_usage(self.path.parent).free
+        if free < MIN_FREE_BYTES:
+            raise StoreUnavailable(f"the database's disk is full ({free} bytes free)")
 
     # -- writes: queued to the single writer ----------------------------------------------
 
@@ -230,20 +303,25 @@ class SQLiteStore:
                 await self._commit_batch(jobs)
 
     async def _commit_batch(self, jobs: list[_Job]) -> None:
-        assert self._writer is not None
         try:
+            if self._writer is None:  # an earlier reopen failed
+                await self._connect()
+            assert self._writer is not None
             committed, results = await self._writer.run(self._transaction, jobs)
         except asyncio.CancelledError:
             _fail(jobs, StoreUnavailable("the store is closing"))
             raise
         except Exception as exc:
-            if len(jobs) > 1:
+            if len(jobs) > 1 and not isinstance(exc, sqlite3.OperationalError):
                 # One bad job must not fail the others queued with it: rare, so only now
-                # pay for a transaction per job, and only the culprit fails.
+                # pay for a transaction per job, and only the culprit fails. (Storage
+                # itself failing -- locked, full, I/O -- would fail each of them alike.)
                 for job in jobs:
                     await self._commit_batch([job])
                 return
             log.error("storage write failed: %s", exc)
+            if isinstance(exc, _FileGone):
+                await self._reopen()  # before answering, so a retry finds the store usable
             _fail(jobs, StoreUnavailable(str(exc)))
             return
         if committed and self.on_commit is not None:
@@ -273,8 +351,12 @@ class SQLiteStore:
                     results.append(self._do_mark(db, *args))
                 elif kind == "mark_all":
                     results.append(self._do_mark_all(db, *args))
-                else:
+                elif kind == "prune":
                     results.append(self._do_prune(db, *args))
+                else:  # probe
+                    results.append(db.execute(
+                        "INSERT OR REPLACE INTO meta (key, value) VALUES ('probed_at', ?)", (now_ms(),)))
+            self._writer.check_file()
             db.execute("COMMIT")
         except Exception:
             self._last_id, self._last_created, self._pruned_through = saved
