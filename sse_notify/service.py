@@ -23,6 +23,7 @@ __all__ = ["Service"]
 log = logging.getLogger(__name__)
 
 PRUNE_INTERVAL = 3600.0
+PRUNE_CHUNK = 2000  # notifications removed per write transaction
 
 
 class Service:
@@ -72,7 +73,14 @@ class Service:
                 log.error("retention pruning failed: %s", exc)
 
     async def prune(self) -> int:
-        removed = await self.store.prune(now_ms() - self.settings.retention * 1000)
+        """Remove what retention expired, a chunk per write so publishes go in between."""
+        cutoff = now_ms() - self.settings.retention * 1000
+        removed = 0
+        while True:
+            chunk = await self.store.prune(cutoff, PRUNE_CHUNK)
+            removed += chunk
+            if chunk < PRUNE_CHUNK:
+                break
         if removed:
             log.info("retention removed %d notifications", removed)
         return removed

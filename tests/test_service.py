@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from sse_notify import service as service_module
+from sse_notify.store import sqlite as sqlite_module
 from sse_notify.config import Settings, load_secret
 from sse_notify.tokens import TokenSigner
 from sse_notify.hub import Stream
@@ -138,6 +139,34 @@ async def test_prune_at_start_removes_expired_notifications(
         assert (await svc.store.history("alice", 10, None, None)).items == []
         new = (await svc.publish(drafts("alice"), "pub")).ids
         assert new[0] > old[-1]
+    finally:
+        await svc.stop()
+
+
+async def test_pruning_goes_in_chunks_and_publishes_commit_in_between(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(service_module, "PRUNE_CHUNK", 10)
+    svc = Service(Settings.from_env({}, data_dir=settings.data_dir, retention="1h"))
+    await svc.start()
+    try:
+        old = [i for _ in range(10) for i in (await svc.publish(drafts(*["alice"] * 5), "pub")).ids]
+        later = now_ms() + 2 * 3600 * 1000  # two hours on, for the service and the store
+        monkeypatch.setattr(service_module, "now_ms", lambda: later)
+        monkeypatch.setattr(sqlite_module, "now_ms", lambda: later)
+        chunks: list[int] = []
+        prune = svc.store.prune
+
+        async def recording(older_than_ms: int, limit: int) -> int:
+            chunks.append(await prune(older_than_ms, limit))
+            return chunks[-1]
+
+        monkeypatch.setattr(svc.store, "prune", recording)
+        pruning = asyncio.create_task(svc.prune())
+        new = (await svc.publish(drafts("alice"), "pub")).ids
+        assert not pruning.done()  # the publish did not wait for the whole pruning
+        assert await pruning == len(old)
+        assert chunks == [10, 10, 10, 10, 10, 0]
+        assert [n.id for n in await svc.store.replay("alice", 0, None, 100)] == new
     finally:
         await svc.stop()
 

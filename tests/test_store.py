@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -69,6 +70,25 @@ async def test_ids_strictly_increase_across_batches_and_after_reopen(store: SQLi
     try:
         assert (await store.add([draft("d"), draft("e")], "pub")).ids == [5, 6]
         assert await store.max_id() == 6
+    finally:
+        await store.close()
+
+
+async def test_a_version_1_database_is_migrated_on_open(db_path: Path) -> None:
+    db_path.parent.mkdir(parents=True)
+    old = sqlite3.connect(db_path)
+    old.executescript(sqlite_module._SCHEMA_V1 + "PRAGMA user_version=1;")
+    old.execute("INSERT INTO notifications VALUES (7, 'alice', NULL, 't', NULL, 'low', NULL, 1)")
+    old.commit()
+    old.close()
+    store = SQLiteStore(db_path)
+    await store.open()
+    try:
+        assert [n.id for n in await store.replay("alice", 0, None, 10)] == [7]
+        assert await add_one(store) == 8
+        indexes = {row[0] for row in await store._read("SELECT name FROM sqlite_master WHERE type='index'", ())}
+        assert {"reads_id", "idempotency_created_at"} <= indexes
+        assert await store._read("PRAGMA user_version", ()) == [(len(sqlite_module._MIGRATIONS),)]
     finally:
         await store.close()
 
@@ -389,14 +409,27 @@ async def test_prune_removes_old_rows_and_sets_pruned_through(store: SQLiteStore
     await store.mark_read("alice", old)
     clock.now += 10_000
     new = await add_one(store, "alice")
-    assert await store.prune(clock.now - 5_000) == 2
+    assert await store.prune(clock.now - 5_000, 1000) == 2
     assert _ids(await store.history("alice", 10, None, None)) == [new]
     assert [n.id for n in await store.replay("alice", 0, None, 10)] == [new]
     assert await store.state("alice") == (new, 1, old[-1])
     assert not await store.is_visible("alice", old[0])
     assert await store.mark_read("alice", old) == []
-    assert await store.prune(clock.now - 5_000) == 0  # nothing more to remove
+    assert await store.prune(clock.now - 5_000, 1000) == 0  # nothing more to remove
     assert (await store.state("alice"))[2] == old[-1]
+
+
+async def test_prune_removes_at_most_limit_oldest_first(store: SQLiteStore, clock: Clock) -> None:
+    ids = [await add_one(store, u) for u in ("alice", None, "bob", "alice", None)]
+    await store.mark_read("alice", ids)
+    clock.now += 10_000
+    assert await store.prune(clock.now, 2) == 2
+    assert [n.id for n in await store.replay("alice", 0, None, 10)] == ids[3:]
+    assert (await store.state("alice"))[2] == ids[1]  # pruned through the chunk, no further
+    assert await store.prune(clock.now, 2) == 2
+    assert await store.prune(clock.now, 2) == 1
+    assert await store.state("alice") == (0, 0, ids[-1])
+    assert await store._read("SELECT count(*) FROM reads", ()) == [(0,)]
 
 
 async def test_ids_never_reused_after_everything_is_pruned_and_reopened(
@@ -404,7 +437,7 @@ async def test_ids_never_reused_after_everything_is_pruned_and_reopened(
     for _ in range(3):
         await add_one(store)
     clock.now += 1000
-    assert await store.prune(clock.now) == 3
+    assert await store.prune(clock.now, 1000) == 3
     store = await reopen(store)
     try:
         assert await store.state("alice") == (0, 0, 3)
@@ -417,7 +450,7 @@ async def test_ids_never_reused_after_everything_is_pruned_and_reopened(
 async def test_prune_drops_expired_idempotency_keys(store: SQLiteStore, clock: Clock) -> None:
     await store.add([draft()], "pub", "k")
     clock.now += IDEMPOTENCY_WINDOW_MS + 1
-    await store.prune(0)  # removes no notification, only expired keys
+    await store.prune(0, 1000)  # removes no notification, only expired keys
     assert await store.max_id() == 1
     clock.now -= 2  # even back inside the window the key is gone
     assert (await store.add([draft()], "pub", "k")).created is True

@@ -91,7 +91,12 @@ CREATE TABLE meta (
     value INTEGER NOT NULL
 ) WITHOUT ROWID;
 """
-_MIGRATIONS = [_SCHEMA_V1]
+# Retention deletes by id range from reads and by age from idempotency.
+_INDEXES_V2 = """
+CREATE INDEX reads_id ON reads (id);
+CREATE INDEX idempotency_created_at ON idempotency (created_at);
+"""
+_MIGRATIONS = [_SCHEMA_V1, _INDEXES_V2]
 
 _COLUMNS = "id, user, topic, title, body, priority, data, created_at"
 
@@ -291,8 +296,8 @@ class SQLiteStore:
     async def mark_all_read(self, user: str) -> list[int]:
         return await self._submit("mark_all", user)
 
-    async def prune(self, older_than_ms: int) -> int:
-        return await self._submit("prune", older_than_ms)
+    async def prune(self, older_than_ms: int, limit: int) -> int:
+        return await self._submit("prune", older_than_ms, limit)
 
     async def _run_writer(self) -> None:
         while not self._closing:
@@ -417,10 +422,11 @@ class SQLiteStore:
             {"user": user},
         ).fetchall())
 
-    def _do_prune(self, db: sqlite3.Connection, older_than_ms: int) -> int:
+    def _do_prune(self, db: sqlite3.Connection, older_than_ms: int, limit: int) -> int:
+        # Ids follow creation time, so the oldest ``limit`` rows are the lowest ids.
         (through,) = db.execute(
-            "SELECT max(id) FROM notifications WHERE created_at < ?", (older_than_ms,)
-        ).fetchone()
+            "SELECT max(id) FROM (SELECT id FROM notifications WHERE created_at < ? "
+            "ORDER BY id LIMIT ?)", (older_than_ms, limit)).fetchone()
         removed = 0
         if through is not None:
             removed = db.execute("DELETE FROM notifications WHERE id <= ?", (through,)).rowcount
