@@ -200,7 +200,7 @@ async def test_reset_when_retention_removed_notifications_after_the_cursor(
     await add(store, None)
     clock[0] += 10_000
     await add(store)
-    assert await store.prune(clock[0] - 5_000) == 2  # pruned through id 2
+    assert await store.prune(clock[0] - 5_000, 1000) == 2  # pruned through id 2
     missing = Sink()
     async with Running(make_feed(hub, store, cursor=1), missing):
         await missing.wait_for(lambda: missing.ids() == [3])
