@@ -12,8 +12,9 @@ Quart still declares the route (``api.publish``) so that its 405 answers, OPTION
 ``/openapi.json`` know it; every other method on the path goes to Quart.
 
 Verified publisher tokens are remembered, keyed by the ``Authorization`` value, in a
-bounded map: checking the signature cost more than all the rest of the validation. The
-expiry is still checked on every use.
+bounded map: checking the signature cost more than all the rest of the validation. A
+remembered token is taken only until it expires, and never past the end of a rotated-out
+secret's grace period, so it stops being honoured exactly when the signer would refuse it.
 
 Unlike Quart, no timer bounds the wait for the body: arming one per request cost more than
 the JSON and schema checks together, and only a holder of a valid publisher token (checked
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import re
 import time
 from typing import Any
@@ -55,7 +57,7 @@ class _Disconnected(Exception):
 class PublishEndpoint:
     def __init__(self, service: Service):
         self.service = service
-        self._verified: dict[str, Claims] = {}
+        self._verified: dict[str, tuple[str, float]] = {}  # Authorization -> (publisher, valid until)
 
     async def __call__(self, scope: Scope, receive: Receive, send: ASGISend) -> None:
         headers = request_headers(scope)
@@ -97,13 +99,25 @@ class PublishEndpoint:
 
     def _publisher(self, headers: dict[str, str]) -> str:
         authorization = headers.get("authorization")
-        claims = self._verified.get(authorization) if authorization is not None else None
-        if claims is None or (claims.expires_at is not None and claims.expires_at <= time.time()):
-            claims = verify_publisher(self.service.signer, headers)  # raises the 401
-            if len(self._verified) >= KNOWN_PUBLISHERS:
-                self._verified.clear()
-            self._verified[authorization] = claims  # type: ignore[index]
+        known = self._verified.get(authorization) if authorization is not None else None
+        now = time.time()
+        if known is not None and now < known[1]:
+            return known[0]
+        claims = verify_publisher(self.service.signer, headers)  # raises the 401
+        if len(self._verified) >= KNOWN_PUBLISHERS:
+            self._verified.clear()
+        self._verified[authorization] = (claims.subject, self._valid_until(claims, now))  # type: ignore[index]
         return claims.subject
+
+    def _valid_until(self, claims: Claims, now: float) -> float:
+        """Until when a verified token may be taken without checking it again: its own
+        expiry, and while a rotated-out secret is still accepted, the end of its grace
+        period (the token may be signed with it; the signer would refuse it from then)."""
+        until = math.inf if claims.expires_at is None else claims.expires_at
+        keyring = self.service.keyring
+        if keyring.previous is not None and keyring.previous_until is not None and now < keyring.previous_until:
+            until = min(until, keyring.previous_until)
+        return until
 
     async def _drop_body(self, headers: dict[str, str], receive: Receive) -> None:
         """Read and drop the body of a request refused before its body was read. Hypercorn

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -22,6 +24,7 @@ import httpx
 import orjson
 import pytest
 
+from sse_notify.config import load_secret
 from sse_notify.tokens import TokenSigner
 
 from ..helpers import ServerProcess
@@ -437,6 +440,27 @@ async def test_expired_publisher_token_is_401(shared: ServerProcess) -> None:
         assert_error(await post(shared, c, {"user": user, "title": "rejected"}, headers=headers), 401)
         titles = [n["title"] for n in await history(shared, user)]
     assert "while valid" in titles and "rejected" not in titles
+
+
+async def test_a_publisher_token_of_a_rotated_out_secret_stops_at_the_end_of_its_grace(
+        make_server: Callable[..., ServerProcess]) -> None:
+    """Verified publisher tokens are remembered; a remembered one must still stop working
+    exactly when the signer would refuse it."""
+    server = make_server()
+    old_pub = TokenSigner(load_secret(server.data_dir)).publisher("backend")
+    await asyncio.to_thread(server.stop)
+    subprocess.run([sys.executable, "-m", "sse_notify", "rotate-secret", "--data-dir",
+                    str(server.data_dir), "--grace", "3s"], check=True, capture_output=True)
+    rotated_at = time.time()
+    await asyncio.to_thread(server.start)
+    user = uid()
+    headers = {"Authorization": f"Bearer {old_pub}"}
+    async with server.client() as c:
+        for _ in range(3):  # verified once, then taken from memory
+            assert (await post(server, c, {"user": user, "title": "t"}, headers=headers)).status_code == 201
+        while time.time() < rotated_at + 3.2:
+            await asyncio.sleep(0.1)
+        assert_error(await post(server, c, {"user": user, "title": "late"}, headers=headers), 401)
 
 
 # -- idempotency ----------------------------------------------------------------------------
