@@ -26,6 +26,7 @@ from .errors import ApiError, error_body
 from .service import Service
 from .store import StoreUnavailable
 from .transports import PublishEndpoint, SSEEndpoint, WebSocketEndpoint
+from .transports.asgi import send_error
 
 __all__ = ["create_app"]
 
@@ -68,10 +69,13 @@ class _LeanRoutes:
 
     def __init__(self, app: Any, service: Service):
         self.app = app
+        self.max_header = service.settings.max_header
         self.sse, self.ws, self.publish = (
             SSEEndpoint(service), WebSocketEndpoint(service), PublishEndpoint(service))
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan" and _head_size(scope) > self.max_header:
+            return await _refuse_head(scope, receive, send, self.max_header)
         path = scope.get("path")
         if scope["type"] == "http":
             if path == "/notifications" and scope["method"] == "POST":
@@ -81,6 +85,24 @@ class _LeanRoutes:
         elif scope["type"] == "websocket" and path == "/ws":
             return await self.ws(scope, receive, send)
         await self.app(scope, receive, send)
+
+
+def _head_size(scope: dict[str, Any]) -> int:
+    """Bytes of the request target and headers, about as they came on the wire. (Hypercorn
+    bounds only a head that is still arriving, not one that came in a single read.)"""
+    target = len(scope.get("raw_path") or b"") + len(scope.get("query_string", b""))
+    return target + sum(len(name) + len(value) + 4 for name, value in scope["headers"])
+
+
+async def _refuse_head(scope: dict[str, Any], receive: Any, send: Any, limit: int) -> None:
+    error = ApiError(431, "header_too_large",
+                     f"The request line and headers exceed {limit} bytes.")
+    if scope["type"] == "http":
+        return await send_error(send, error)
+    await receive()  # websocket.connect; then a plain HTTP answer instead of the upgrade
+    await send({"type": "websocket.http.response.start", "status": error.status,
+                "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "websocket.http.response.body", "body": error.body()})
 
 
 def create_app(settings: Settings | None = None, *, service: Service | None = None) -> Quart:

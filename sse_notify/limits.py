@@ -2,7 +2,7 @@
 how fast one publisher may publish.
 
 Neither holds a task or a timer. A stream takes a slot before its response starts and
-gives it back when it ends (:meth:`StreamSlots.hold`); a publish spends a token from its
+gives it back when it ends (:meth:`StreamSlots.take`); a publish spends a token from its
 publisher's bucket, refilled from the clock when the bucket is next consulted
 (:class:`PublishRate`). Refusals are :class:`~sse_notify.errors.ApiError` values, so both
 transports and the HTTP API answer them the way they answer every other error.
@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 from .errors import ApiError
 
-__all__ = ["StreamSlots", "PublishRate"]
+__all__ = ["StreamSlots", "Slot", "PublishRate"]
 
 
 class StreamSlots:
@@ -29,27 +28,40 @@ class StreamSlots:
         self._by_user: dict[str, int] = {}
         self._open = 0
 
-    @contextmanager
-    def hold(self, user: str) -> Iterator[None]:
-        """A slot for one stream of ``user`` for the duration of the block."""
-        held = self._by_user.get(user, 0)
+    def take(self, user: str) -> Slot:
+        """A slot for one stream of ``user``, or a refusal (503 when the server is full,
+        429 when the user is); leaving the slot's ``with`` block gives it back."""
         if self.total and self._open >= self.total:
             raise ApiError(503, "server_busy", f"The server holds its maximum of {self.total} "
                            "streams; try again later.", {"Retry-After": "5"})
+        held = self._by_user.get(user, 0)
         if self.per_user and held >= self.per_user:
             raise ApiError(429, "too_many_streams", f"This user already has {held} open "
-                           f"streams, the most allowed; close one first.")
+                           "streams, the most allowed; close one first.")
         self._by_user[user] = held + 1
         self._open += 1
-        try:
-            yield
-        finally:
-            self._open -= 1
-            left = self._by_user[user] - 1
-            if left:
-                self._by_user[user] = left
-            else:
-                del self._by_user[user]
+        return Slot(self, user)
+
+    def _give_back(self, user: str) -> None:
+        self._open -= 1
+        left = self._by_user[user] - 1
+        if left:
+            self._by_user[user] = left
+        else:
+            del self._by_user[user]
+
+
+class Slot:
+    __slots__ = ("_slots", "_user")
+
+    def __init__(self, slots: StreamSlots, user: str):
+        self._slots, self._user = slots, user
+
+    def __enter__(self) -> Slot:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._slots._give_back(self._user)
 
 
 class PublishRate:

@@ -1,4 +1,4 @@
-"""The running service: the store, broker, hub and token signer, wired together, and
+"""The running service: the store, broker, hub, limits and token signer, wired together, and
 the operations the HTTP API and the WebSocket transport share (publish, mark read).
 
 Publishing flows ``store.add()`` (group commit, ids assigned) -> the store's commit
@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from .broker import Broker, open_broker
 from .config import Settings
 from .hub import Hub
+from .limits import PublishRate, StreamSlots
 from .models import NotificationDraft, ReadChange, now_ms
 from .store import PublishResult, Store, open_store
 from .tokens import TokenSigner
@@ -35,6 +36,8 @@ class Service:
         self.store = store if store is not None else open_store(settings.store_url)
         self.broker = broker if broker is not None else open_broker(settings.broker)
         self.hub = Hub(settings.stream_buffer)
+        self.slots = StreamSlots(settings.max_user_streams, settings.max_streams)
+        self.publish_rate = PublishRate(settings.publish_rate, settings.publish_burst)
         self.published = 0
         self._tasks: list[asyncio.Task[None]] = []
 

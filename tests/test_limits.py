@@ -10,41 +10,39 @@ from sse_notify.limits import PublishRate, StreamSlots
 
 def test_per_user_limit_refuses_with_429_and_frees_on_exit() -> None:
     slots = StreamSlots(per_user=2)
-    with slots.hold("alice"), slots.hold("alice"):
+    with slots.take("alice"), slots.take("alice"):
         with pytest.raises(ApiError) as refused:
-            with slots.hold("alice"):
-                pass
+            slots.take("alice")
         assert refused.value.status == 429 and refused.value.code == "too_many_streams"
-        with slots.hold("bob"):  # other users are not affected
+        with slots.take("bob"):  # other users are not affected
             pass
-    with slots.hold("alice"), slots.hold("alice"):  # both slots came back
+    with slots.take("alice"), slots.take("alice"):  # both slots came back
         pass
 
 
 def test_total_limit_refuses_with_503_and_retry_after() -> None:
     slots = StreamSlots(total=2)
-    with slots.hold("a"), slots.hold("b"):
+    with slots.take("a"), slots.take("b"):
         with pytest.raises(ApiError) as refused:
-            with slots.hold("c"):
-                pass
+            slots.take("c")
         assert refused.value.status == 503 and refused.value.headers["Retry-After"] == "5"
-    with slots.hold("c"):
+    with slots.take("c"):
         pass
 
 
 def test_a_slot_is_returned_when_the_stream_fails() -> None:
     slots = StreamSlots(per_user=1)
     with pytest.raises(RuntimeError):
-        with slots.hold("alice"):
+        with slots.take("alice"):
             raise RuntimeError("stream broke")
-    with slots.hold("alice"):
+    with slots.take("alice"):
         pass
     assert slots._by_user == {} and slots._open == 0  # nothing left behind per user
 
 
 def test_zero_means_unlimited() -> None:
     slots = StreamSlots()
-    with slots.hold("a"), slots.hold("a"), slots.hold("a"):
+    with slots.take("a"), slots.take("a"), slots.take("a"):
         pass
     rate = PublishRate(0)
     for _ in range(10_000):

@@ -4,9 +4,10 @@ Publishing is the hot request path (a backend may post thousands a second). As a
 view each publish paid for a request context, URL matching, a body-reading task, a
 timeout task and response wrappers: profiled, that was several times the cost of the
 publish itself. This endpoint does only what the contract asks, in the order the view did:
-publisher token (401), ``Idempotency-Key`` (422), body within ``--max-body`` (413, from
-``Content-Length`` at once, else by counting), JSON (400), the same pydantic schema
-(422), then the durable add: 201 (200 for an idempotent repeat) only after the commit.
+publisher token (401), the publisher's rate (429), ``Idempotency-Key`` (422), body within
+``--max-body`` (413, from ``Content-Length`` at once, else by counting), JSON (400), the
+same pydantic schema (422), then the durable add: 201 (200 for an idempotent repeat)
+only after the commit.
 
 Quart still declares the route (``api.publish``) so that its 405 answers, OPTIONS and
 ``/openapi.json`` know it; every other method on the path goes to Quart.
@@ -82,6 +83,7 @@ class PublishEndpoint:
     async def _publish(self, headers: dict[str, str], receive: Receive) -> tuple[int, list[int]]:
         try:
             publisher = self._publisher(headers)
+            self.service.publish_rate.spend(publisher)
             key = headers.get("idempotency-key")
             if key is not None and not IDEMPOTENCY_KEY_RE.fullmatch(key):
                 raise ApiError.invalid("Idempotency-Key must be 1-128 printable ASCII characters.")

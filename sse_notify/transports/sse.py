@@ -8,10 +8,13 @@ per wake-up, not one send per event.
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..auth import subscriber_token, verify_subscriber
 from ..cors import cors_headers, preflight_headers
 from ..errors import ApiError
 from ..feed import Feed, parse_cursor, parse_topics
+from ..limits import Slot
 from ..models import valid_name
 from ..service import Service
 from ..wire import Outbound, sse_retry
@@ -34,21 +37,27 @@ class SSEEndpoint:
         self.service = service
 
     async def __call__(self, scope: Scope, receive: Receive, send: ASGISend) -> None:
-        feed = await self._start(scope, send)
-        if feed is None:
+        admitted = await self._admit(scope, send)
+        if admitted is None:
             return
+        feed, slot, head = admitted
+        with slot:
+            await send(head)
+            await send({"type": "http.response.body", "body": sse_retry(self.service.settings.retry),
+                        "more_body": True})
+            del head
 
-        async def write(events: list[Outbound]) -> None:
-            body = events[0].sse if len(events) == 1 else b"".join(e.sse for e in events)
-            await send({"type": "http.response.body", "body": body, "more_body": True})
+            async def write(events: list[Outbound]) -> None:
+                body = events[0].sse if len(events) == 1 else b"".join(e.sse for e in events)
+                await send({"type": "http.response.body", "body": body, "more_body": True})
 
-        if await run_feed(feed, write, _disconnected(receive)) != "gone":
-            await send_within(send, {"type": "http.response.body", "body": b"", "more_body": False})
+            if await run_feed(feed, write, _disconnected(receive)) != "gone":
+                await send_within(send, {"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def _start(self, scope: Scope, send: ASGISend) -> Feed | None:
-        """Check the request and flush the headers and ``retry:``; the feed to run, or
-        None when the request was answered otherwise. (A function of its own so that the
-        request's parsed parts are not kept for the life of the stream.)"""
+    async def _admit(self, scope: Scope, send: ASGISend) -> tuple[Feed, Slot, dict[str, Any]] | None:
+        """Check the request and take a stream slot: the feed, the slot and the response
+        head to send, or None when the request was answered otherwise. (A function of its
+        own so that the request's parsed parts are not kept for the life of the stream.)"""
         settings = self.service.settings
         headers = request_headers(scope)
         cors = cors_headers(headers.get("origin"), settings.allow_origin)
@@ -65,6 +74,7 @@ class SSEEndpoint:
                                {"Allow": "GET"})
             claims = verify_subscriber(self.service.signer, subscriber_token(headers, query))
             topics = stream_topics(query)
+            slot = self.service.slots.take(claims.subject)
         except ApiError as error:
             await send_error(send, error, cors)
             return None
@@ -73,14 +83,12 @@ class SSEEndpoint:
         feed = Feed(self.service.hub, self.service.store, claims.subject, transport="sse",
                     topics=topics, cursor=parse_cursor(raw_cursor),
                     expires_at=claims.expires_at, heartbeat=settings.heartbeat)
-        await send({"type": "http.response.start", "status": 200, "headers": [
+        return feed, slot, {"type": "http.response.start", "status": 200, "headers": [
             (b"content-type", b"text/event-stream; charset=utf-8"),
             (b"cache-control", b"no-cache"),
             (b"x-accel-buffering", b"no"),
             *((k.lower().encode(), v.encode()) for k, v in cors),
-        ]})
-        await send({"type": "http.response.body", "body": sse_retry(settings.retry), "more_body": True})
-        return feed
+        ]}
 
 
 async def _disconnected(receive: Receive) -> None:

@@ -32,6 +32,8 @@ __all__ = ["WebSocketEndpoint"]
 AUTH_TIMEOUT = 10.0
 
 CLOSE_CODES = {"expired": 4401, "overflow": 1013, "shutdown": 1001}  # else 1011
+#: A stream refused by the limits: this user has too many (4429), the server is full (1013).
+REFUSED_CODES = {429: 4429, 503: 1013}
 
 
 class _Disconnected(Exception):
@@ -87,6 +89,12 @@ class WebSocketEndpoint:
     async def _stream(self, receive: Receive, send: ASGISend, claims: Claims,
                       topics: frozenset[str] | None, cursor: int | None) -> None:
         settings = self.service.settings
+        try:
+            slot = self.service.slots.take(claims.subject)
+        except ApiError as error:
+            await _send_error(send, error.code, error.message)
+            await send_within(send, {"type": "websocket.close", "code": REFUSED_CODES[error.status]})
+            return
         feed = Feed(self.service.hub, self.service.store, claims.subject, transport="ws",
                     topics=topics, cursor=cursor, expires_at=claims.expires_at,
                     heartbeat=settings.heartbeat)
@@ -96,7 +104,8 @@ class WebSocketEndpoint:
                 if event is not KEEPALIVE:  # WebSocket has its own pings (Hypercorn's)
                     await send({"type": "websocket.send", "text": event.ws})
 
-        reason = await run_feed(feed, write, self._answer_frames(receive, send, claims.subject))
+        with slot:
+            reason = await run_feed(feed, write, self._answer_frames(receive, send, claims.subject))
         if reason != "gone":
             await send_within(send, {"type": "websocket.close", "code": CLOSE_CODES.get(reason, 1011)})
 
