@@ -37,7 +37,7 @@ from ..helpers import SSEEvent
 
 __all__ = [
     "Ledger", "MetricsProbe", "RawSSE", "Sent", "Spec", "Subscriber", "fd_count", "format_figures",
-    "percentile", "publish_loop", "raise_fd_limit", "rss_bytes", "wait_until",
+    "percentile", "publish_loop", "raise_fd_limit", "rss_bytes", "run_seed", "wait_until",
 ]
 
 T = TypeVar("T")
@@ -113,6 +113,13 @@ def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     rank = max(0, min(len(ordered) - 1, -(-int(q * len(ordered)) // 100) - 1))
     return ordered[rank]
+
+
+def run_seed() -> int:
+    """The seed of this run's random choices: ``FAULTS_SEED`` to replay a run, else fresh.
+    Every scenario reports it in its figures (the interleaving with the server is, of
+    course, not reproducible)."""
+    return int(os.environ.get("FAULTS_SEED", time.time_ns() % 2**32))
 
 
 def format_figures(scenario: str, values: dict[str, Any]) -> str:

@@ -14,9 +14,7 @@ be handed out twice across restarts.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +24,7 @@ import orjson
 import pytest
 
 from ..helpers import ServerProcess
-from .support import RawSSE, random_target
+from .support import RawSSE, random_target, run_seed
 
 USERS = [f"crash-{i}" for i in range(5)]
 PUBLISHERS = 20
@@ -136,7 +134,7 @@ async def replay_from_zero(server: ServerProcess, user: str) -> list[dict[str, A
 async def test_no_acknowledged_notification_is_lost_to_sigkill(
         make_server: Callable[..., ServerProcess], long_mode: bool, figures: Callable[..., str]) -> None:
     form = LONG if long_mode else SHORT
-    seed = int(os.environ.get("FAULTS_SEED", time.time_ns() % 2**32))
+    seed = run_seed()
     rng = random.Random(seed)
     publishers = Publishers(seed)
     server = make_server("--no-access-log")

@@ -24,7 +24,6 @@ still serves, and logged no unhandled error). Server bugs this scenario found ar
 from __future__ import annotations
 
 import asyncio
-import random
 import re
 import socket
 import time
@@ -46,7 +45,7 @@ from .hostile import (
     Answer, Tally, encode_json, from_schema, header_text, json_values, names, raw_request,
     run_examples, safe_text,
 )
-from .support import RawSSE
+from .support import RawSSE, run_seed
 
 MAX_BODY = 65536  # the server's default --max-body
 METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]
@@ -544,7 +543,7 @@ def slow_loris(target: Target, tally: Tally, connections: int, seconds: float) -
 def test_hostile_input_never_gets_a_5xx_nor_crashes_the_server(
         make_server: Callable[..., ServerProcess], long_mode: bool, figures: Callable[..., str]) -> None:
     form = LONG if long_mode else SHORT
-    seed_value = random.randrange(2**32)
+    seed_value = run_seed()
     server = make_server(*WS_SERVER_FLAGS, "--no-access-log")
     secret = (server.data_dir / "secret.key").read_text().strip().encode()
     tally = Tally(leak_markers=(secret, b"[build-system]", b"def load_secret", b"root:x:0:0"))

@@ -41,7 +41,7 @@ from sse_notify.tokens import TokenSigner
 
 from ..e2e.wsclient import WS_SERVER_FLAGS
 from ..helpers import ServerProcess
-from .support import RawSSE
+from .support import RawSSE, run_seed
 
 SUBSCRIBER_SALT = token_module._SUBSCRIBER_SALT
 PUBLISHER_SALT = token_module._PUBLISHER_SALT
@@ -162,7 +162,7 @@ async def read_replay_sse(stream: RawSSE, newest: int) -> list[dict[str, Any]]:
 
 
 async def other_users_data(bench: Bench, tally: Tally) -> None:
-    server, alice = bench.server, bench.server.token(A)
+    alice = bench.server.token(A)
     bob_ids = set(bench.ids[B])
     alice_visible = set(bench.ids[A]) | set(bench.ids["broadcast"])
     newest_alice = max(alice_visible)
@@ -402,7 +402,7 @@ async def test_no_cross_user_access_and_no_forged_token_passes(
     form = LONG if long_mode else SHORT
     server = make_server(*WS_SERVER_FLAGS, "--no-access-log")
     tally = Tally()
-    seed = time.time_ns() % 2**32
+    seed = run_seed()
     async with httpx.AsyncClient(base_url=server.url, timeout=30.0) as client:
         bench = Bench(server, client)
         await bench.seed()

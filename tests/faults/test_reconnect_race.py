@@ -14,9 +14,7 @@ overflowing buffers).
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,7 +23,7 @@ import pytest
 
 from ..e2e.wsclient import WS_SERVER_FLAGS, metrics
 from ..helpers import ServerProcess
-from .support import Ledger, Spec, Subscriber, publish_loop
+from .support import Ledger, Spec, Subscriber, publish_loop, run_seed
 
 TOPICS = (None, "a", "b")
 TRANSPORTS = [("sse", "header"), ("sse", "query"), ("ws", "query"), ("ws", "frame")]
@@ -58,7 +56,7 @@ def time_away(rng: random.Random) -> float:
 async def test_no_gap_no_duplicate_no_disorder_under_reconnect_storm(
         make_server: Callable[..., ServerProcess], long_mode: bool, figures: Callable[..., str]) -> None:
     form = LONG if long_mode else SHORT
-    seed = int(os.environ.get("FAULTS_SEED", time.time_ns() % 2**32))
+    seed = run_seed()
     rng = random.Random(seed)
     server = make_server(*WS_SERVER_FLAGS, "--no-access-log")
     users = [f"race-{i}" for i in range(form.users)]
