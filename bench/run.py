@@ -559,7 +559,7 @@ def machine_info() -> dict[str, Any]:
     return {"cpu": cpu, "cores": os.cpu_count(), "mem_gib": round(mem_kib / 1024 / 1024, 1),
             "kernel": platform.release(), "os": platform.platform(), "loadavg_at_start": os.getloadavg(),
             "python": platform.python_version(), "sse_notify": v("sse-notify"), "hypercorn": v("hypercorn"),
-            "quart": v("quart"), "uvloop": v("uvloop"), "sqlite": sqlite3.sqlite_version, "h11": v("h11"),
+            "quart": v("quart"), "uvloop": v("uvloop"), "aiosqlite": v("aiosqlite"), "sqlite": sqlite3.sqlite_version, "h11": v("h11"),
             "wsproto": v("wsproto")}
 
 

@@ -172,10 +172,10 @@ async def test_a_removed_database_fails_its_batch_once_then_continues_in_a_new_f
     transactions = 0
     transaction = store._transaction
 
-    def counting(jobs):  # type: ignore[no-untyped-def]
+    async def counting(db, jobs):  # type: ignore[no-untyped-def]
         nonlocal transactions
         transactions += 1
-        return transaction(jobs)
+        return await transaction(db, jobs)
 
     monkeypatch.setattr(store, "_transaction", counting)
     results = await asyncio.gather(*(store.add([draft()], "pub") for _ in range(3)),
