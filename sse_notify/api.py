@@ -24,7 +24,7 @@ from .metrics import CONTENT_TYPE, render_metrics
 from .models import MAX_ID, iso_ms
 from .schemas import (
     ErrorBody, HistoryQuery, HistoryResponse, IdsResponse, MarkReadBody, PublishBody,
-    TokenBody, TokenResponse, UpdatedResponse, parse,
+    TokenBody, TokenResponse, UpdatedResponse, decode_body, parse,
 )
 from .service import Service
 from .store import StoreUnavailable
@@ -44,11 +44,7 @@ def _json(payload: Any, status: int = 200) -> Response:
 
 
 async def _body() -> Any:
-    raw = await request.get_data(cache=False)
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise ApiError.bad_json() from None
+    return decode_body(await request.get_data(cache=False))
 
 
 def _subscriber() -> str:

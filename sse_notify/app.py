@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import re
 from typing import Any
 
 from quart import Quart, Response, request
@@ -63,6 +64,9 @@ def _tune_gc() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
+_SLASHES = re.compile("/{2,}")
+
+
 class _LeanRoutes:
     """ASGI: ``/events``, ``/ws`` and ``POST /notifications`` go to the lean endpoints,
     the rest to Quart."""
@@ -76,7 +80,9 @@ class _LeanRoutes:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "lifespan" and _head_size(scope) > self.max_header:
             return await _refuse_head(scope, receive, send, self.max_header)
-        path = scope.get("path")
+        path = scope.get("path", "")
+        if "//" in path:  # Quart's router matches "//notifications" as "/notifications"
+            path = _SLASHES.sub("/", path)
         if scope["type"] == "http":
             if path == "/notifications" and scope["method"] == "POST":
                 return await self.publish(scope, receive, send)
@@ -109,6 +115,9 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
     service = service or Service(settings or Settings.from_env())
     settings = service.settings
     app = Quart(__name__, static_folder=str(settings.static_dir), static_url_path="/static")
+    # No redirect to the path with "//" merged: it would be HTML, and its Location is built
+    # from the request's Host header.
+    app.url_map.merge_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body
     app.extensions["sse_notify"] = service
     QuartSchema(app, info=Info(title="sse-notify", version="1.0.0"),

@@ -7,9 +7,14 @@ strict: a number is not a string, and unknown fields are refused rather than dro
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+import orjson
+from pydantic import (
+    BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator,
+)
 
 from .errors import ApiError
 from .models import MAX_ID, NotificationDraft
@@ -17,7 +22,7 @@ from .models import MAX_ID, NotificationDraft
 __all__ = [
     "ErrorBody", "HistoryQuery", "HistoryResponse", "IdsResponse", "MarkReadBody",
     "NotificationOut", "PublishBody", "TokenBody", "TokenResponse", "UpdatedResponse",
-    "parse",
+    "decode_body", "parse",
 ]
 
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._@:-]{1,128}$")]
@@ -25,6 +30,13 @@ Id = Annotated[int, Field(ge=1, le=MAX_ID)]
 MAX_USERS = 1000
 MAX_READ_IDS = 1000
 MAX_TOKEN_TTL = 366 * 86400
+#: How deeply ``data`` may nest: it is re-encoded inside other JSON up to three levels
+#: deeper (a history page), and the encoder stops at 254 levels.
+MAX_DATA_DEPTH = 200
+#: The integers JSON bodies may carry (64 bits, signed or not): the decoder silently turns
+#: larger ones into floats, which would change ``data`` instead of passing it through.
+INT_RANGE = (-(2**63), 2**64 - 1)
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
 
 
 class _Strict(BaseModel):
@@ -40,6 +52,13 @@ class PublishBody(_Strict):
     priority: Literal["low", "medium", "high", "urgent"] = "medium"
     topic: Name | None = None
     data: dict[str, Any] | None = None
+
+    @field_validator("data")
+    @classmethod
+    def _not_too_deep(cls, data: dict[str, Any] | None) -> dict[str, Any] | None:
+        if data is not None and not _depth_within(data, MAX_DATA_DEPTH):
+            raise ValueError(f"nested deeper than {MAX_DATA_DEPTH} levels")
+        return data
 
     @model_validator(mode="after")
     def _one_target(self) -> PublishBody:
@@ -119,6 +138,46 @@ class ErrorBody(BaseModel):
 
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def decode_body(raw: bytes) -> Any:
+    """A request body as JSON: 400 when it is not JSON, 422 when it holds an integer
+    outside :data:`INT_RANGE`."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ApiError.bad_json() from None
+    if _LONG_DIGITS.search(raw):  # only a run of 19 digits can be an integer out of range
+        try:
+            json.loads(raw, parse_int=_int_in_range)
+        except _OutOfRange:
+            raise ApiError.invalid(
+                f"Integers must lie between {INT_RANGE[0]} and {INT_RANGE[1]}.") from None
+    return data
+
+
+class _OutOfRange(ValueError):
+    pass
+
+
+def _int_in_range(text: str) -> int:
+    value = int(text)
+    if not INT_RANGE[0] <= value <= INT_RANGE[1]:
+        raise _OutOfRange
+    return value
+
+
+def _depth_within(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests objects and arrays at most ``limit`` levels deep."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > limit:
+                return False
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return True
 
 
 def parse(model: type[M], data: Any) -> M:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import orjson
@@ -9,7 +10,9 @@ import pytest
 
 from sse_notify.errors import ApiError
 from sse_notify.models import NotificationDraft
-from sse_notify.schemas import MAX_TOKEN_TTL, MarkReadBody, PublishBody, TokenBody, parse
+from sse_notify.schemas import (
+    MAX_DATA_DEPTH, MAX_TOKEN_TTL, MarkReadBody, PublishBody, TokenBody, decode_body, parse,
+)
 
 
 def refused(model: type, data: Any) -> ApiError:
@@ -183,3 +186,42 @@ def test_parse_message_names_the_first_problem_only() -> None:
 def test_parse_error_renders_as_contract_json() -> None:
     error = refused(TokenBody, {})
     assert orjson.loads(error.body()) == {"error": "validation_error", "message": error.message}
+
+
+# -- decode_body --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("raw", [b'{"n": 18446744073709551615}', b'{"n": -9223372036854775808}',
+                                 b'{"s": "12345678901234567890123"}', b'{"f": 1.2345678901234567890123}'])
+def test_decode_body_keeps_what_fits(raw: bytes) -> None:
+    assert decode_body(raw) == json.loads(raw)
+
+
+@pytest.mark.parametrize("raw", [b'{"n": 18446744073709551616}', b'{"n": -9223372036854775809}',
+                                 b'[1, {"deep": [123456789012345678901234567890]}]'])
+def test_decode_body_refuses_integers_beyond_64_bits(raw: bytes) -> None:
+    with pytest.raises(ApiError) as refused:
+        decode_body(raw)
+    assert refused.value.status == 422
+
+
+@pytest.mark.parametrize("raw", [b"", b"{", b"NaN", b'{"a": 1,}', b"\xff"])
+def test_decode_body_refuses_what_is_not_json(raw: bytes) -> None:
+    with pytest.raises(ApiError) as refused:
+        decode_body(raw)
+    assert refused.value.status == 400
+
+
+def _nested(depth: int) -> dict:
+    data: dict = {}
+    for _ in range(depth - 1):
+        data = {"a": data}
+    return data
+
+
+def test_data_may_nest_up_to_the_limit() -> None:
+    body = {"user": "u", "title": "t", "data": _nested(MAX_DATA_DEPTH)}
+    assert parse(PublishBody, body).data is not None
+    with pytest.raises(ApiError, match="nested deeper"):
+        parse(PublishBody, {**body, "data": _nested(MAX_DATA_DEPTH + 1)})
+    with pytest.raises(ApiError, match="nested deeper"):
+        parse(PublishBody, {**body, "data": {"list": [[[_nested(MAX_DATA_DEPTH)]]]}})

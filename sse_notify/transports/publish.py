@@ -37,7 +37,7 @@ import orjson
 from ..auth import verify_publisher
 from ..cors import cors_headers
 from ..errors import ApiError
-from ..schemas import PublishBody, parse
+from ..schemas import PublishBody, decode_body, parse
 from ..service import Service
 from ..store import StoreUnavailable
 from ..tokens import Claims
@@ -90,12 +90,7 @@ class PublishEndpoint:
         except ApiError:
             await self._drop_body(headers, receive)
             raise
-        raw = await self._body(headers, receive)
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise ApiError.bad_json() from None
-        body = parse(PublishBody, data)
+        body = parse(PublishBody, decode_body(await self._body(headers, receive)))
         result = await self.service.publish(body.drafts(), publisher, key)
         return (201 if result.created else 200), result.ids
 

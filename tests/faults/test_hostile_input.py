@@ -17,8 +17,8 @@ frames, plus the classics, against one running server.
    arrive as exactly one intact notification each.
 
 Figures: requests tried, 5xx answers (must be 0), crashes (must be 0: the process stays up,
-still serves, and logged no unhandled error). Server bugs this scenario found are the
-``xfail`` tests at the end, each stating the correct behaviour.
+still serves, and logged no unhandled error). The tests at the end pin the server bugs
+this scenario found, now fixed.
 """
 
 from __future__ import annotations
@@ -579,14 +579,6 @@ def publish_raw(server: ServerProcess, body: bytes, path: str = "/notifications"
         "POST", path, {"Authorization": f"Bearer {server.publisher_token()}"}, body))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG: `data` nested 255-1024 levels deep is accepted by orjson.loads (limit 1024) and by "
-    "the schema, then orjson.dumps (limit 254) fails inside the store's write transaction "
-    "(sse_notify/store/sqlite.py, _do_add: orjson.dumps(n.data)); the error is reported as "
-    "StoreUnavailable, so the client gets 503 'Storage is unavailable' for bad input and the "
-    "log an ERROR. Repro: POST /notifications {\"user\":\"u\",\"title\":\"x\",\"data\":"
-    "{\"a\":{\"a\":...300 levels...}}} -> 503. Fix: refuse with 422 when validating the body "
-    "(e.g. encode `data` once there)."))
 def test_data_nested_too_deep_to_store_is_refused_as_bad_input(
         make_server: Callable[..., ServerProcess]) -> None:
     server = make_server("--no-access-log")
@@ -594,14 +586,6 @@ def test_data_nested_too_deep_to_store_is_refused_as_bad_input(
     assert answer.status is not None and 400 <= answer.status < 500, (answer.status, answer.body)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG: POST //notifications (or ///notifications, /%2Fnotifications) answers 500. The lean "
-    "publish endpoint is matched on the exact path (sse_notify/app.py, _StreamingRoutes: "
-    "path == \"/notifications\"), but Quart merges slashes and routes the request to the "
-    "placeholder view, which raises ApiError(500) (sse_notify/api.py, publish). Repro: "
-    "curl -X POST -H 'Authorization: Bearer <publisher>' -d '{\"user\":\"u\",\"title\":\"x\"}' "
-    "http://127.0.0.1:8000//notifications. Fix: normalise the path before matching, or make "
-    "the placeholder answer 404."))
 def test_publishing_to_a_path_with_doubled_slashes_is_never_a_server_error(
         make_server: Callable[..., ServerProcess]) -> None:
     server = make_server("--no-access-log")
@@ -610,13 +594,6 @@ def test_publishing_to_a_path_with_doubled_slashes_is_never_a_server_error(
         assert answer.status is not None and answer.status < 500, (path, answer.status, answer.body)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG: GET /static//demo.js is answered 308 with an HTML body (werkzeug's merge_slashes "
-    "redirect, which bypasses the JSON error handlers in sse_notify/app.py), against the "
-    "contract's 'every non-2xx answer is JSON'; its Location is built from the request's Host "
-    "header (Host: evil.example -> Location: http://evil.example/static/demo.js). Repro: "
-    "curl -i --path-as-is http://127.0.0.1:8000/static//demo.js. Fix: "
-    "app.url_map.merge_slashes = False (a 404), or serve the merged path directly."))
 def test_a_static_path_with_doubled_slashes_is_answered_in_json(
         make_server: Callable[..., ServerProcess]) -> None:
     server = make_server("--no-access-log")
@@ -626,13 +603,6 @@ def test_a_static_path_with_doubled_slashes_is_answered_in_json(
         and "evil.example" not in answer.headers.get("location", ""))), (answer.status, answer.headers)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG: `data` is not passed through untouched: integers outside the signed/unsigned 64-bit "
-    "range are parsed by orjson as floats (sse_notify/transports/publish.py, orjson.loads), "
-    "stored and served as e.g. 1.2345678901234568e+29 (and -9223372036854775809 as "
-    "-9.223372036854776e+18): silent data change. Repro: publish data {\"n\": "
-    "123456789012345678901234567890}, read it back from GET /notifications. Fix: refuse such "
-    "numbers with 422, or keep them exactly."))
 def test_big_integers_in_data_pass_through_untouched_or_are_refused(
         make_server: Callable[..., ServerProcess]) -> None:
     server = make_server("--no-access-log")
