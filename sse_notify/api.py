@@ -16,14 +16,15 @@ from typing import Any
 
 import orjson
 from quart import Blueprint, Response, current_app, request, send_from_directory
-from quart_schema import document_querystring, document_request, document_response
+from quart_schema import document_querystring, document_request, document_response, security_scheme
 
 from .auth import subscriber_token, verify_publisher, verify_subscriber
 from .errors import ApiError
 from .metrics import CONTENT_TYPE, render_metrics
 from .models import MAX_ID, iso_ms
+from .openapi import PUBLISHER, SUBSCRIBER, errors
 from .schemas import (
-    ErrorBody, HistoryQuery, HistoryResponse, IdsResponse, MarkReadBody, PublishBody,
+    HealthResponse, HistoryQuery, HistoryResponse, IdsResponse, MarkReadBody, PublishBody,
     TokenBody, TokenResponse, UpdatedResponse, decode_body, parse,
 )
 from .service import Service
@@ -52,9 +53,11 @@ def _subscriber() -> str:
 
 
 @api.post("/notifications")
+@security_scheme(PUBLISHER)
 @document_request(PublishBody)
 @document_response(IdsResponse, 201)
-@document_response(ErrorBody, 422)
+@document_response(IdsResponse, 200)  # an Idempotency-Key repeat: the first answer's ids
+@errors(400, 401, 413, 422, 429, 503)
 async def publish() -> Response:
     """Declared for Quart's routing (405 answers, OPTIONS) and /openapi.json only: the
     request itself is served in front of Quart by
@@ -63,8 +66,10 @@ async def publish() -> Response:
 
 
 @api.get("/notifications")
+@security_scheme(SUBSCRIBER)
 @document_querystring(HistoryQuery)
 @document_response(HistoryResponse)
+@errors(401, 422, 503)
 async def history() -> Response:
     user = _subscriber()
     args = request.args
@@ -92,7 +97,8 @@ def _int_arg(value: str | None, name: str, default: int | None) -> Any:
 
 
 @api.post("/notifications/<int:id>/read")
-@document_response(ErrorBody, 404)
+@security_scheme(SUBSCRIBER)
+@errors(401, 404, 503)
 async def mark_one_read(id: int) -> Response:
     user = _subscriber()
     service = _service()
@@ -103,8 +109,10 @@ async def mark_one_read(id: int) -> Response:
 
 
 @api.post("/notifications/read")
+@security_scheme(SUBSCRIBER)
 @document_request(MarkReadBody)
 @document_response(UpdatedResponse)
+@errors(400, 401, 413, 422, 503)
 async def mark_many_read() -> Response:
     user = _subscriber()
     body = parse(MarkReadBody, await _body())
@@ -113,8 +121,10 @@ async def mark_many_read() -> Response:
 
 
 @api.post("/tokens")
+@security_scheme(PUBLISHER)
 @document_request(TokenBody)
 @document_response(TokenResponse, 201)
+@errors(400, 401, 413, 422)
 async def mint_token() -> Response:
     service = _service()
     verify_publisher(service.signer, request.headers)
@@ -126,6 +136,8 @@ async def mint_token() -> Response:
 
 
 @api.get("/healthz")
+@document_response(HealthResponse)
+@errors(503)
 async def healthz() -> Response:
     try:
         await _service().store.ping()

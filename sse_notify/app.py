@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+from importlib.metadata import version
 import logging
 import re
 from typing import Any
@@ -24,6 +25,7 @@ from .api import api
 from .cors import cors_headers, preflight_headers
 from .config import Settings
 from .errors import ApiError, error_body
+from .openapi import SECURITY_SCHEMES, Provider
 from .service import Service
 from .store import StoreUnavailable
 from .transports import PublishEndpoint, SSEEndpoint, WebSocketEndpoint
@@ -120,7 +122,8 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
     app.url_map.merge_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body
     app.extensions["sse_notify"] = service
-    QuartSchema(app, info=Info(title="sse-notify", version="1.0.0"),
+    QuartSchema(app, info=Info(title="sse-notify", version=version("sse-notify")),
+                security_schemes=SECURITY_SCHEMES, openapi_provider_class=Provider,
                 swagger_ui_path=None, redoc_ui_path=None, scalar_ui_path=None)
     app.register_blueprint(api)
     app.asgi_app = _LeanRoutes(app.asgi_app, service)

@@ -20,7 +20,7 @@ from .errors import ApiError
 from .models import MAX_ID, NotificationDraft
 
 __all__ = [
-    "ErrorBody", "HistoryQuery", "HistoryResponse", "IdsResponse", "MarkReadBody",
+    "ErrorBody", "HealthResponse", "HistoryQuery", "HistoryResponse", "IdsResponse", "MarkReadBody",
     "NotificationOut", "PublishBody", "TokenBody", "TokenResponse", "UpdatedResponse",
     "decode_body", "parse",
 ]
@@ -130,6 +130,10 @@ class TokenResponse(BaseModel):
     token: str
     user: str
     expires_at: str
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"]
 
 
 class ErrorBody(BaseModel):
