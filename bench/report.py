@@ -89,7 +89,6 @@ def _ladder_table(steps: list[dict[str, Any]], unit: str) -> list[str]:
 def render_markdown(run: dict[str, Any], chart_name: str | None = "latency.png") -> str:
     m = run["machine"]
     ours = run["results"].get("sse-notify", {})
-    peer = run["results"].get("peer", {})
     rows = verdicts(ours)
     missed = [r for r in rows if r["met"] is False]
     out = ["# sse-notify benchmark results", ""]

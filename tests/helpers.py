@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -146,6 +147,26 @@ async def _maybe_client(server: ServerProcess, client: httpx.AsyncClient | None)
     else:
         async with server.client() as c:
             yield c
+
+
+ISO_MS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
+NOTIFICATION_KEYS = {"id", "user", "topic", "title", "body", "priority", "data", "created_at", "read"}
+
+
+def uid(prefix: str = "u") -> str:
+    """A user id no other test uses, for tests that share one server."""
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def assert_error(resp: httpx.Response, status: int) -> dict[str, Any]:
+    """The contract's error answer: the status, a JSON content type, exactly error+message."""
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"].split(";")[0].strip() == "application/json"
+    body = orjson.loads(resp.content)
+    assert isinstance(body, dict) and set(body) == {"error", "message"}, body
+    assert isinstance(body["error"], str) and body["error"]
+    assert isinstance(body["message"], str) and body["message"]
+    return body
 
 
 async def poll(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> bool:

@@ -14,7 +14,6 @@ import stat
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,7 +30,7 @@ from sse_notify.cli import main
 from sse_notify.config import load_secret
 from sse_notify.tokens import InvalidToken, TokenSigner
 
-from ..helpers import ServerProcess, open_sse
+from ..helpers import ServerProcess, open_sse, uid
 
 TOKEN_LINE = re.compile(r"^[A-Za-z0-9_\-.]+\n$")
 
@@ -255,10 +254,6 @@ async def stream_start(server: ServerProcess, within: float = 5.0) -> tuple[int,
                         assert retry is not None, "retry: comes first"
                         return retry, time.monotonic() - start
     raise AssertionError("stream ended")
-
-
-def uid(prefix: str = "u") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
 async def publish_raw(server: ServerProcess, size: int) -> int:

@@ -10,38 +10,14 @@ with that close.
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 
-from ..helpers import ServerProcess, open_sse
+from ..helpers import NOTIFICATION_KEYS, ServerProcess, assert_error, open_sse, uid
 
-NOTIFICATION_KEYS = {"id", "user", "topic", "title", "body", "priority", "data", "created_at", "read"}
-
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    server = ServerProcess(tmp_path_factory.mktemp("history")).start()
-    yield server
-    server.stop()
-
-
-def uid(prefix: str = "u") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-def assert_error(resp: httpx.Response, status: int) -> dict[str, Any]:
-    assert resp.status_code == status, resp.text
-    assert resp.headers["content-type"].split(";")[0].strip() == "application/json"
-    body = resp.json()
-    assert set(body) == {"error", "message"}, body
-    assert isinstance(body["error"], str) and body["error"]
-    assert isinstance(body["message"], str) and body["message"]
-    return body
 
 
 async def req(server: ServerProcess, method: str, path: str, *, user: str | None = None,

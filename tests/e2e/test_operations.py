@@ -20,14 +20,7 @@ from websockets.asyncio.client import connect as ws_connect
 
 from sse_notify.config import Settings
 
-from ..helpers import ServerProcess, open_sse, poll
-
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    server = ServerProcess(tmp_path_factory.mktemp("ops")).start()
-    yield server
-    server.stop()
+from ..helpers import ServerProcess, assert_error, open_sse, poll, uid
 
 
 ALLOWED = "http://a.example"
@@ -40,20 +33,6 @@ def cors_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc
                            "--allow-origin", ALSO_ALLOWED).start()
     yield server
     server.stop()
-
-
-def uid(prefix: str = "u") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-def assert_error(resp: httpx.Response, status: int) -> dict[str, Any]:
-    assert resp.status_code == status, resp.text
-    assert resp.headers["content-type"].split(";")[0].strip() == "application/json"
-    body = orjson.loads(resp.content)
-    assert isinstance(body, dict) and set(body) == {"error", "message"}, body
-    assert isinstance(body["error"], str) and body["error"]
-    assert isinstance(body["message"], str) and body["message"]
-    return body
 
 
 # -- /healthz ----------------------------------------------------------------------------------

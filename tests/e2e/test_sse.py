@@ -7,15 +7,14 @@ import asyncio
 import time
 from collections.abc import Callable
 
-import httpx
 import orjson
 import pytest
 
 from sse_notify.models import iso_ms
 
-from ..helpers import ServerProcess, SSEStream, open_sse
+from ..helpers import ISO_MS, NOTIFICATION_KEYS, ServerProcess, open_sse
 from .wsclient import (
-    ISO_MS_RE, NOTIFICATION_KEYS, OPEN_SSE, OPEN_WS, WS_SERVER_FLAGS, auth_headers, open_ws,
+    OPEN_SSE, OPEN_WS, WS_SERVER_FLAGS, auth_headers, open_ws,
     sse_lines, wait_for_metric,
 )
 
@@ -83,7 +82,7 @@ async def test_notification_event_framing_and_payload(server: ServerProcess) -> 
     for payload in payloads:
         assert set(payload) == NOTIFICATION_KEYS
         assert payload["read"] is False
-        assert ISO_MS_RE.match(payload["created_at"]), payload["created_at"]
+        assert ISO_MS.match(payload["created_at"]), payload["created_at"]
     assert payloads[0] == {**payloads[0], "id": minimal, "user": "alice", "topic": None,
                            "title": "Minimal", "body": None, "priority": "medium", "data": None}
     assert payloads[1] == {**payloads[1], "id": full, "user": "alice", "topic": "chat", "title": "Full",
@@ -283,7 +282,7 @@ async def test_token_expiry_warns_at_once_then_ends_the_stream(server: ServerPro
         event = await stream.next(timeout=2)  # at once: less than a minute remains
         assert (event.event, event.id) == ("token-expiring", None)
         assert event.json() == {"expires_at": iso_ms(int(expires_at * 1000))}
-        assert ISO_MS_RE.match(event.json()["expires_at"])
+        assert ISO_MS.match(event.json()["expires_at"])
         # Still live until expiry.
         [nid] = await server.publish(user="alice", title="before expiry")
         [n] = await stream.notifications(1)

@@ -6,10 +6,7 @@ One server for the module; each test uses fresh user ids.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
-import uuid
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
 
@@ -19,30 +16,8 @@ import pytest
 
 from sse_notify.tokens import InvalidToken, TokenSigner
 
-from ..helpers import ServerProcess, open_sse
+from ..helpers import ISO_MS, ServerProcess, assert_error, open_sse, uid
 
-ISO_MS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
-
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    server = ServerProcess(tmp_path_factory.mktemp("tokens")).start()
-    yield server
-    server.stop()
-
-
-def uid(prefix: str = "u") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-def assert_error(resp: httpx.Response, status: int) -> dict[str, Any]:
-    assert resp.status_code == status, resp.text
-    assert resp.headers["content-type"].split(";")[0].strip() == "application/json"
-    body = resp.json()
-    assert set(body) == {"error", "message"}, body
-    assert isinstance(body["error"], str) and body["error"]
-    assert isinstance(body["message"], str) and body["message"]
-    return body
 
 
 def parse_iso(text: str) -> float:

@@ -7,14 +7,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 
 from sse_notify.models import iso_ms
 
-from ..helpers import ServerProcess, open_sse
-from .wsclient import ISO_MS_RE, NOTIFICATION_KEYS, WS_SERVER_FLAGS, WSStream, auth_headers, open_ws
+from ..helpers import ISO_MS, NOTIFICATION_KEYS, ServerProcess, open_sse
+from .wsclient import WS_SERVER_FLAGS, WSStream, auth_headers, open_ws
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -140,7 +139,7 @@ async def test_notification_frame_shape(server: ServerProcess) -> None:
     assert {k: v for k, v in frame.items() if k != "created_at"} == {
         "type": "notification", "id": nid, "user": "alice", "topic": "chat", "title": "T",
         "body": "B", "priority": "low", "data": {"k": {"nested": True}}, "read": False}
-    assert ISO_MS_RE.match(frame["created_at"])
+    assert ISO_MS.match(frame["created_at"])
     assert bframe["id"] == bid and bframe["user"] is None and bframe["body"] is None
     assert bframe["data"] is None and bframe["topic"] is None and bframe["priority"] == "medium"
 

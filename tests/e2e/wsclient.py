@@ -12,7 +12,6 @@ test_replay_race, test_slow_consumers, test_clients).
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -26,8 +25,6 @@ from websockets.exceptions import ConnectionClosed
 from ..helpers import ServerProcess
 
 __all__ = [
-    "ISO_MS_RE",
-    "NOTIFICATION_KEYS",
     "Publisher",
     "WSStream",
     "auth_headers",
@@ -38,8 +35,6 @@ __all__ = [
 ]
 
 #: ``created_at`` / ``expires_at``: UTC, ISO-8601 with milliseconds and ``Z``.
-ISO_MS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
-NOTIFICATION_KEYS = {"id", "user", "topic", "title", "body", "priority", "data", "created_at", "read"}
 
 
 #: Flags for servers that WebSocket clients use. The service hands ``--heartbeat`` to
