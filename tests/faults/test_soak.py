@@ -29,6 +29,7 @@ import pytest
 from ..e2e.wsclient import WS_SERVER_FLAGS
 from ..helpers import ServerProcess
 from .support import MB, Ledger, Spec, Subscriber, fd_count, publish_loop, rss_bytes
+from .test_churn import MemoryGrowth
 
 TRANSPORTS = [("sse", "header"), ("ws", "query"), ("sse", "query"), ("ws", "frame")]
 TOPICS = (None, "a", "b")
@@ -114,6 +115,15 @@ def slope_per_minute(samples: list[tuple[float, int]]) -> float:
 
 
 @pytest.mark.fault(short=None, long=1500)
+@pytest.mark.xfail(strict=True, raises=MemoryGrowth, reason=(
+    "BUG (cause not isolated yet): over the 10-minute soak the server's RSS keeps growing after "
+    "the warm-up, 2.3 MB a minute (73 MB -> 93 MB; 33,475 publishes, 1,445 reconnects, 23,700 "
+    "history reads, 0 errors). With the collector at Python's defaults (sse_notify/app.py "
+    "_tune_gc made a no-op) a 6-minute run still grew 1.4 MB a minute, so the GC tuning that "
+    "makes churn memory climb (test_churn) explains only part. Not yet told apart: SQLite's page "
+    "caches filling (2 connections x 2 MB), heap fragmentation, a slow leak. Repro: pytest "
+    "tests/faults/test_soak.py --long; a longer soak, or tracemalloc snapshots in the server, "
+    "would settle it. Only this memory check is expected to fail."))
 async def test_ten_minutes_of_mixed_load_without_errors_or_memory_growth(
         make_server: Callable[..., ServerProcess], figures: Callable[..., str]) -> None:
     form = LONG
@@ -175,4 +185,5 @@ async def test_ten_minutes_of_mixed_load_without_errors_or_memory_growth(
     assert not errors and not ledger.errors, (errors + ledger.errors)[:20]
     assert not anomalies, anomalies[:20]
     assert missing == 0 and not any(s.duplicates or s.out_of_order or s.misaddressed for s in subscribers)
-    assert growth < 1.0, f"RSS grew {growth:.2f} MB a minute after the warm-up"
+    if not growth < 1.0:
+        raise MemoryGrowth(f"RSS grew {growth:.2f} MB a minute after the warm-up")
