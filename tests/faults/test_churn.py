@@ -153,9 +153,10 @@ class MemoryGrowth(AssertionError):
 
 @pytest.mark.fault(short=None, long=1800)
 @pytest.mark.xfail(strict=True, raises=MemoryGrowth, reason=(
-    "BUG: under connect/disconnect churn the server's RSS never levels off: 142 MB after the "
-    "5,000-cycle warm-up, 226 MB after 25,000 cycles, 247 MB after 50,000 (about 0.9 kB per "
-    "cycle in the second half). Python-level live memory stays flat (tracemalloc): each "
+    "BUG: under connect/disconnect churn the server's RSS never levels off: 139 MB after the "
+    "5,000-cycle warm-up, 293 MB after 25,000 cycles, 312 MB after 50,000 (0.8 kB per cycle "
+    "in the second half; long run of 2026-11-30). Python-level live memory stays flat "
+    "(tracemalloc, 20,000 cycles): each "
     "connection leaves cyclic garbage, which the collector as tuned by sse_notify/app.py "
     "_tune_gc (young threshold 10,000, startup heap frozen; commit 99058f0) reclaims so late "
     "that the heap's high-water mark keeps rising. With Python's default thresholds (_tune_gc "
