@@ -1,5 +1,5 @@
-"""Helpers shared by the streaming end-to-end tests (test_sse, test_replay, test_ws,
-test_replay_race, test_slow_consumers, test_clients).
+"""Helpers shared by the streaming end-to-end tests (test_sse, test_replay, test_ws, ...)
+and the fault suite.
 
 * :func:`open_ws` / :class:`WSStream`: a thin layer over the ``websockets`` client that
   decodes JSON frames and reads the first frame (``auth_success``) as ``.hello``.
@@ -29,19 +29,17 @@ __all__ = [
     "WSStream",
     "auth_headers",
     "metrics",
+    "scrape",
     "open_ws",
     "sse_lines",
     "wait_for_metric",
 ]
 
-#: ``created_at`` / ``expires_at``: UTC, ISO-8601 with milliseconds and ``Z``.
-
-
 #: Flags for servers that WebSocket clients use. The service hands ``--heartbeat`` to
 #: Hypercorn as its WebSocket ping interval, and Hypercorn's ping task only notices a closed
-#: socket when it next wakes: with the default 15 s, every server that had a WebSocket
-#: client takes the full graceful timeout (3 s) to stop. A short heartbeat keeps teardown
-#: fast; nothing tested with it depends on the heartbeat value.
+#: socket when it next wakes: until then the closed connection's task lives on (shutdown
+#: cancels them; tests that count what is left after clients go would wait up to 15 s). A
+#: short heartbeat keeps that brief; nothing tested with it depends on the heartbeat value.
 WS_SERVER_FLAGS = ("--heartbeat", "0.5")
 
 
@@ -156,10 +154,9 @@ async def sse_lines(server: ServerProcess, token: str, *, query: str = "",
 
 # -- metrics -----------------------------------------------------------------------------
 
-async def metrics(server: ServerProcess) -> dict[str, float]:
+async def scrape(client: httpx.AsyncClient) -> dict[str, float]:
     """``/metrics`` as {'name{labels}': value}."""
-    async with server.client() as c:
-        resp = await c.get("/metrics")
+    resp = await client.get("/metrics")
     assert resp.status_code == 200, resp.text
     out: dict[str, float] = {}
     for line in resp.text.splitlines():
@@ -167,6 +164,11 @@ async def metrics(server: ServerProcess) -> dict[str, float]:
             name, _, value = line.rpartition(" ")
             out[name] = float(value)
     return out
+
+
+async def metrics(server: ServerProcess) -> dict[str, float]:
+    async with server.client() as c:
+        return await scrape(c)
 
 
 OPEN_SSE = 'sse_notify_open_streams{transport="sse"}'

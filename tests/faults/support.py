@@ -33,6 +33,7 @@ import orjson
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
+from ..e2e.wsclient import scrape
 from ..helpers import SSEEvent
 
 __all__ = [
@@ -93,14 +94,7 @@ class MetricsProbe:
         self.client = httpx.AsyncClient(base_url=url, timeout=30.0)
 
     async def __call__(self) -> dict[str, float]:
-        resp = await self.client.get("/metrics")
-        assert resp.status_code == 200, resp.text
-        out: dict[str, float] = {}
-        for line in resp.text.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                out[name] = float(value)
-        return out
+        return await scrape(self.client)
 
     async def aclose(self) -> None:
         await self.client.aclose()
