@@ -165,7 +165,9 @@ async def _serve(settings: Settings) -> None:
     config.h11_max_incomplete_size = settings.max_header
     config.h2_max_header_list_size = settings.max_header
     config.websocket_ping_interval = settings.heartbeat
-    config.keep_alive_timeout = 75
+    # Hypercorn releases an idle connection the client has closed only when this timer
+    # fires, not at EOF: its descriptor is held until then, so keep it short.
+    config.keep_alive_timeout = 5
     if settings.certfile is not None:
         config.certfile = str(settings.certfile)
         config.keyfile = str(settings.keyfile)
