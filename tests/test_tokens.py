@@ -190,3 +190,34 @@ def test_longest_valid_user_id_is_accepted(signer: TokenSigner) -> None:
 def test_non_positive_ttl_is_refused(signer: TokenSigner, ttl: float) -> None:
     with pytest.raises(ValueError):
         signer.subscriber("alice", ttl=ttl)
+
+
+def test_signatures_are_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every verification, valid or not, either role, through the rotation fallback too,
+    compares signatures with hmac.compare_digest (itsdangerous' way): no early exit on the
+    first differing byte for a forger to time."""
+    import hmac
+
+    from itsdangerous import signer as itsdangerous_signer
+
+    compared: list[int] = []
+    compare_digest = hmac.compare_digest
+
+    def recording(a: bytes, b: bytes) -> bool:
+        compared.append(1)
+        return compare_digest(a, b)
+
+    monkeypatch.setattr(itsdangerous_signer.hmac, "compare_digest", recording)
+    rotating = TokenSigner("new", previous="old")
+    old = TokenSigner("old")
+    good, tampered = rotating.subscriber("alice"), rotating.subscriber("alice")[:-2] + "xx"
+    cases = [(rotating.verify_subscriber, good), (rotating.verify_publisher, rotating.publisher("b")),
+             (rotating.verify_subscriber, old.subscriber("alice"))]
+    for verify, token in cases:
+        before = len(compared)
+        verify(token)
+        assert len(compared) > before
+    before = len(compared)
+    with pytest.raises(InvalidToken):
+        rotating.verify_subscriber(tampered)
+    assert len(compared) > before
