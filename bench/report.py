@@ -95,7 +95,7 @@ def render_markdown(run: dict[str, Any], chart_name: str | None = "latency.png")
     if missed:
         out += ["> Targets missed in this run: "
                 + "; ".join(f"{r['scenario']} {r['figure']} ({r['value']}, target {r['target']})" for r in missed)
-                + ".", ""]
+                + ". Where the time goes, and what meeting them would take: [PROFILE.md](PROFILE.md).", ""]
     out += [
         f"- Date: {run['date']}; mode: {run['mode']}; duration {run['seconds']:.0f} s.",
         f"- Machine: {m['cpu']}, {m['cores']} cores, {m['mem_gib']} GiB, Linux {m['kernel']}; "
@@ -103,7 +103,8 @@ def render_markdown(run: dict[str, Any], chart_name: str | None = "latency.png")
         "(the machine is shared: see the *wait* columns, time the pinned process was runnable but "
         "its core was taken by another tenant).",
         f"- Versions: Python {m['python']}, sse-notify {m['sse_notify']}, Hypercorn {m['hypercorn']}, "
-        f"Quart {m['quart']}, uvloop {m['uvloop']}, SQLite {m.get('sqlite', '?')}, h11 {m['h11']}, "
+        f"Quart {m['quart']}, uvloop {m['uvloop']}, aiosqlite {m.get('aiosqlite', '?')}, "
+        f"SQLite {m.get('sqlite', '?')}, h11 {m['h11']}, "
         f"wsproto {m['wsproto']}; peer: {m.get('peer', 'not run')}.",
         f"- Pinning: {run['pinning'] or 'none'}. Server flags: `--no-access-log`, otherwise defaults "
         "(`--heartbeat 15`, `--stream-buffer 1024`, SQLite WAL with `synchronous=FULL`).",
