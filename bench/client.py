@@ -30,23 +30,11 @@ from typing import Any
 
 __all__ = [
     "Sink", "SSEStream", "WSStream", "open_streams", "Publisher", "drive", "DriveResult",
-    "percentiles", "raise_nofile",
+    "percentiles",
 ]
 
 _now = time.time
 _LINGER0 = struct.pack("ii", 1, 0)
-
-
-def raise_nofile(want: int = 1 << 20) -> int:
-    """Raise the soft open-files limit as far as the hard limit allows; returns it."""
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
-    if target > soft:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        soft = target
-    return soft
 
 
 def percentiles(samples: Sequence[float], qs: Sequence[float] = (50, 90, 99, 99.9, 100)) -> dict[str, float]:

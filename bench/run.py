@@ -40,7 +40,8 @@ from typing import Any
 if __package__ in (None, ""):  # run as a file: python bench/run.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.client import Publisher, Sink, _Stream, drive, open_streams, percentiles, raise_nofile  # noqa: E402
+from bench.client import Publisher, Sink, _Stream, drive, open_streams, percentiles  # noqa: E402
+from sse_notify.cli import raise_open_files_limit  # noqa: E402
 from bench.servers import (  # noqa: E402
     BENCH_DIR, PeerServer, Server, SSENotifyServer, ensure_peer_installed, proc_run_wait_seconds,
 )
@@ -663,7 +664,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     unknown = [s for s in scenarios if s not in SCENARIOS]
     if unknown:
         raise SystemExit(f"unknown scenario(s): {', '.join(unknown)}")
-    nofile = raise_nofile()
+    nofile = raise_open_files_limit()
     need = max(plan.s1_levels + plan.fanout_subs) + 200
     if nofile < need:
         raise SystemExit(f"open-files limit {nofile} is below the {need} sockets this run needs")

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import gc
-from importlib.metadata import version
 import logging
 import re
+from importlib.metadata import version
 from typing import Any
 
 from quart import Quart, Response, request

@@ -22,7 +22,7 @@ import click
 from .config import SECRET_FILE, Settings, parse_duration, rotate_secret
 from .tokens import DEFAULT_SUBSCRIBER_TTL, TokenSigner
 
-__all__ = ["main"]
+__all__ = ["main", "raise_open_files_limit"]
 
 #: Path only, never the query string (it may carry a token); no Authorization header.
 ACCESS_LOG_FORMAT = '%(h)s %(t)s "%(r)s" %(s)s %(b)s %(L)ss'
@@ -75,7 +75,7 @@ def serve(**flags: object) -> None:
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     _configure_logging()
-    _raise_fd_limit()
+    raise_open_files_limit()
     _run(_serve(settings))
 
 
@@ -119,18 +119,23 @@ def rotate_secret_command(data_dir: Path | None, grace: int) -> None:
                f"one are accepted until {until}. Restart the service to use it.", err=True)
 
 
-def _raise_fd_limit() -> None:
-    """Each stream is a socket: allow as many as the hard limit permits."""
+def raise_open_files_limit(want: int = 1 << 20) -> int:
+    """Raise this process's soft open-files limit towards ``want``, as far as the hard
+    limit allows (each stream is a socket); returns the soft limit now in force. The load
+    clients of the benchmark and the fault suite use it too."""
     try:
         import resource
     except ImportError:  # not on this platform
-        return
+        return 0
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft < hard:
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if target > soft:
         try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 1 << 20, hard))
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
         except (ValueError, OSError):
             pass
+    return soft
 
 
 def _configure_logging() -> None:

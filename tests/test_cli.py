@@ -160,7 +160,7 @@ def test_serve_passes_flags_over_environment(monkeypatch: pytest.MonkeyPatch, tm
 
     monkeypatch.setattr(cli, "_serve", fake_serve)
     monkeypatch.setattr(cli, "_configure_logging", lambda: None)
-    monkeypatch.setattr(cli, "_raise_fd_limit", lambda: None)  # no process-wide side effect
+    monkeypatch.setattr(cli, "raise_open_files_limit", lambda: 0)  # no process-wide side effect
     monkeypatch.setenv("SSE_NOTIFY_PORT", "9001")
     monkeypatch.setenv("SSE_NOTIFY_HEARTBEAT", "7")
     monkeypatch.setenv("SSE_NOTIFY_ALLOW_ORIGIN", "https://env.example")

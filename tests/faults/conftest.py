@@ -26,7 +26,9 @@ from typing import Any
 import orjson
 import pytest
 
-from .support import format_figures, raise_fd_limit
+from sse_notify.cli import raise_open_files_limit
+
+from .support import format_figures
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "figures.jsonl"
@@ -43,7 +45,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "fault(short, long): a fault scenario's time limit in its "
                                        "short and long form (seconds; short=None: long form only)")
-    raise_fd_limit()
+    raise_open_files_limit()
 
 
 def _is_long(config: pytest.Config) -> bool:

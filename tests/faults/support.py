@@ -38,7 +38,7 @@ from ..helpers import SSEEvent
 
 __all__ = [
     "Ledger", "MetricsProbe", "RawSSE", "Sent", "Spec", "Subscriber", "fd_count", "format_figures",
-    "percentile", "publish_loop", "raise_fd_limit", "rss_bytes", "run_seed", "wait_until",
+    "percentile", "publish_loop", "rss_bytes", "run_seed", "wait_until",
 ]
 
 T = TypeVar("T")
@@ -46,16 +46,6 @@ MB = 1024 * 1024
 
 
 # -- the process under test ---------------------------------------------------------------
-
-def raise_fd_limit(want: int = 65536) -> int:
-    """Raise this process's soft open-files limit towards ``want`` (capped by the hard one)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
-    if target > soft:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        soft = target
-    return soft
-
 
 def rss_bytes(pid: int) -> int:
     with open(f"/proc/{pid}/status") as fh:
