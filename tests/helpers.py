@@ -194,6 +194,23 @@ class SSEEvent:
         return orjson.loads(self.data)
 
 
+def read_field(event: SSEEvent, line: str, has_data: bool) -> bool:
+    """Apply one field line of an SSE block to ``event`` (``data`` lines join with a
+    newline); returns whether the event now has data, i.e. will be dispatched."""
+    name, _, value = line.partition(":")
+    value = value[1:] if value.startswith(" ") else value
+    if name == "data":
+        event.data = value if not has_data else event.data + "\n" + value
+        return True
+    if name == "event":
+        event.event = value
+    elif name == "id":
+        event.id = value
+    elif name == "retry":
+        event.retry = int(value)
+    return has_data
+
+
 class SSEStream:
     """Parses an ``httpx`` streaming response per the SSE spec, keeping comments and
     ``retry`` (which httpx-sse drops), so tests can see exactly what went on the wire."""
@@ -218,17 +235,9 @@ class SSEStream:
                 if line.startswith(":"):
                     self.comments.append(line[1:].strip())
                     continue
-                name, _, value = line.partition(":")
-                value = value[1:] if value.startswith(" ") else value
-                if name == "data":
-                    event.data = value if not has_data else event.data + "\n" + value
-                    has_data = True
-                elif name == "event":
-                    event.event = value
-                elif name == "id":
-                    event.id = value
-                elif name == "retry":
-                    self.retry = int(value)
+                has_data = read_field(event, line, has_data)
+                if event.retry is not None:
+                    self.retry = event.retry
             raise EOFError("stream ended")
 
     async def next_comment(self, timeout: float = 5.0) -> str:

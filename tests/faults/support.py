@@ -21,7 +21,6 @@ import asyncio
 import inspect
 import os
 import random
-import resource
 import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -34,7 +33,7 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from ..e2e.wsclient import scrape
-from ..helpers import SSEEvent
+from ..helpers import SSEEvent, read_field
 
 __all__ = [
     "Ledger", "MetricsProbe", "RawSSE", "Sent", "Spec", "Subscriber", "fd_count", "format_figures",
@@ -206,17 +205,9 @@ class RawSSE:
                 if line.startswith(b":"):
                     self.comments += 1
                     continue
-                name, _, value = line.decode().partition(":")
-                value = value[1:] if value.startswith(" ") else value
-                if name == "data":
-                    event.data = value if not dispatch else event.data + "\n" + value
-                    dispatch = True
-                elif name == "event":
-                    event.event = value
-                elif name == "id":
-                    event.id = value
-                elif name == "retry":
-                    self.retry = int(value)
+                dispatch = read_field(event, line.decode(), dispatch)
+                if event.retry is not None:
+                    self.retry = event.retry
             if dispatch:
                 return event
 
