@@ -268,26 +268,26 @@ async def run_ladder(ctx: Ctx, ladder: Sequence[float], run_step: Callable[[floa
     """Climb the ladder until a step fails, then bisect ``plan.refine`` times between the
     best passing and the first failing rate."""
     steps: list[Step] = []
-    best, worst = None, None
-    for offered in ladder:
+
+    async def passes(offered: float) -> bool:
         step = await run_step(offered)
         steps.append(step)
         _log_step(ctx, label, step)
-        if step.ok:
-            best = offered
-        else:
+        return step.ok
+
+    best, worst = None, None
+    for offered in ladder:
+        if not await passes(offered):
             worst = offered
             break
+        best = offered
     if best is not None and worst is not None:
         for _ in range(ctx.plan.refine):
             await asyncio.sleep(ctx.plan.settle_s)
             mid = round((best + worst) / 2, -2 if worst - best > 1000 else -1)
             if mid in (best, worst):
                 break
-            step = await run_step(mid)
-            steps.append(step)
-            _log_step(ctx, label, step)
-            if step.ok:
+            if await passes(mid):
                 best = mid
             else:
                 worst = mid
