@@ -1,4 +1,5 @@
-"""Shared fixtures: a real server per test (``server``) or with flags (``make_server``)."""
+"""Shared fixtures: a real server per test (``server``) or with flags (``make_server``), and
+a database of the test's own on the real PostgreSQL (``postgres_url``) and Redis (``redis_url``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,21 @@ from pathlib import Path
 import pytest
 
 from .helpers import ServerProcess
+from .services import REDIS_URL, create_database, drop_database, random_name
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database of this test's own, dropped afterwards."""
+    url = create_database()
+    yield url
+    drop_database(url)
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The Redis server with a channel name of this test's own (pub/sub is server-wide)."""
+    return f"{REDIS_URL}?channel={random_name('sse-notify-test')}"
 
 
 @pytest.fixture

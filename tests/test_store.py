@@ -494,3 +494,13 @@ async def test_open_store_picks_sqlite_by_scheme(tmp_path: Path) -> None:
 def test_now_ms_is_milliseconds() -> None:
     assert 1_600_000_000_000 < now_ms() < 10_000_000_000_000
 
+
+
+async def test_since_is_the_whole_log_after_an_id(store: SQLiteStore) -> None:
+    a = await add_one(store, "alice")
+    b = await add_one(store, None)
+    c = await add_one(store, "bob")
+    assert [n.id for n in await store.since(0, 100)] == [a, b, c]
+    assert [n.id for n in await store.since(a, 1)] == [b]
+    assert [n.user for n in await store.since(a, 100)] == [None, "bob"]
+    assert await store.since(c, 100) == []

@@ -55,6 +55,11 @@ class Store(Protocol):
         """Visible notifications with ``id > after_id``, oldest first, at most ``limit``."""
         ...
 
+    async def since(self, after_id: int, limit: int) -> list[Notification]:
+        """Every notification (any user, broadcasts) with ``id > after_id``, oldest first,
+        at most ``limit``: the log a node follows to deliver what other nodes committed."""
+        ...
+
     async def history(self, user: str, limit: int, before: int | None,
                       unread: bool | None) -> HistoryPage: ...
 

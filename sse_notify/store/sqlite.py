@@ -462,6 +462,11 @@ class SQLiteStore:
             "SELECT * FROM (" + _visible(where) + ") ORDER BY id LIMIT :limit", params)
         return [_row_to_notification(row) for row in rows]
 
+    async def since(self, after_id: int, limit: int) -> list[Notification]:
+        rows = await self._read(f"SELECT {_COLUMNS} FROM notifications WHERE id > ? ORDER BY id LIMIT ?",
+                                (after_id, limit))
+        return [_row_to_notification(row) for row in rows]
+
     async def history(self, user: str, limit: int, before: int | None,
                       unread: bool | None) -> HistoryPage:
         params: dict[str, Any] = {"user": user, "limit": limit + 1}
