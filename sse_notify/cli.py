@@ -1,10 +1,14 @@
-"""The command line: ``sse-notify serve`` and ``sse-notify token``.
+"""The command line: ``sse-notify serve``, ``token`` and ``rotate-secret``.
 
 ``main(argv) -> int`` so tests call it directly. Flags default to "unset" and
 :meth:`Settings.from_env` applies them over ``SSE_NOTIFY_*`` variables and the defaults,
-so the precedence lives in one place. ``serve`` installs its own SIGINT/SIGTERM handlers:
-a signal first ends every open stream, then Hypercorn closes the (now idle) connections
-and the app's shutdown hooks close storage.
+so the precedence lives in one place; a flag's help names its variable and default,
+derived from the :class:`Settings` field of the same name (``_setting``).
+
+``token`` and ``rotate-secret`` never create a secret (only ``serve`` does): one invented
+beside the server's would sign tokens that the server rejects. ``serve`` installs its own
+SIGINT/SIGTERM handlers: a signal first ends every open stream, then Hypercorn closes the
+(now idle) connections and the app's shutdown hooks close storage.
 """
 
 from __future__ import annotations
@@ -13,16 +17,21 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Callable, Sequence
+from dataclasses import fields
 from datetime import datetime, timezone
-from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
-from .config import SECRET_FILE, Settings, parse_duration, rotate_secret
+from .config import (ENV_PREFIX, SECRET_FILE, Keyring, MissingSecret, Settings, parse_duration, redact_url,
+                     rotate_secret)
 from .tokens import DEFAULT_SUBSCRIBER_TTL, TokenSigner
 
-__all__ = ["main", "raise_open_files_limit"]
+__all__ = ["main", "raise_open_files_limit", "start_line"]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 #: Path only, never the query string (it may carry a token); no Authorization header.
 ACCESS_LOG_FORMAT = '%(h)s %(t)s "%(r)s" %(s)s %(b)s %(L)ss'
@@ -38,59 +47,115 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
         raise click.BadParameter(str(exc)) from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+_DEFAULTS = {f.name: f.default for f in fields(Settings)}
+
+
+def _setting(flag: str, text: str, *, shown: str | None = None, **kwargs: Any) -> Callable[[F], F]:
+    """An option for the :class:`Settings` field named like ``flag``; its help ends with
+    the default (the field's own, or ``shown`` when words say it better) and the
+    ``SSE_NOTIFY_*`` variable that sets it. The option itself defaults to None, "not
+    given", so that :meth:`Settings.from_env` alone decides what wins."""
+    name = flag.split("/")[0].lstrip("-").replace("-", "_")
+    default = shown if shown is not None else _DEFAULTS[name]
+    return click.option(flag, help=f"{text}  [default: {default}; env: {ENV_PREFIX}{name.upper()}]", **kwargs)
+
+
+_DATA_DIR_DEFAULT = "./sse-notify-data"
+#: How ``token`` and ``rotate-secret`` are pointed at the server's secret.
+_SECRET_HINT = ("point to the server's data directory with --data-dir DIR or SSE_NOTIFY_DATA_DIR, "
+                "or give the secret in SSE_NOTIFY_SECRET")
+
+
+def _data_dir_option(text: str) -> Callable[[F], F]:
+    return _setting("--data-dir", text, shown=_DATA_DIR_DEFAULT, type=click.Path(path_type=Path))
+
+
+def _settings(**flags: Any) -> Settings:
+    try:
+        return Settings.from_env(**flags)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _existing_keyring(settings: Settings) -> Keyring:
+    """The secrets ``token`` and ``rotate-secret`` sign with: never created here, since a
+    secret invented beside the server's would sign tokens that the server rejects."""
+    try:
+        return settings.keyring(create=False)
+    except MissingSecret as exc:
+        raise click.ClickException(f"{exc} (only `sse-notify serve` creates one): {_SECRET_HINT}") from None
+    except ValueError as exc:  # a damaged secret.previous
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]},
+             epilog="Each command's --help lists its options, their defaults and SSE_NOTIFY_* variables.")
 @click.version_option(package_name="sse-notify")
 def cli() -> None:
     """sse-notify: real-time notifications over Server-Sent Events and WebSocket."""
 
 
-@cli.command()
-@click.option("--host", help="Address to bind. [default: 127.0.0.1; env SSE_NOTIFY_HOST]")
-@click.option("--port", type=int, help="Port to bind. [default: 8000; env SSE_NOTIFY_PORT]")
-@click.option("--data-dir", type=click.Path(path_type=Path),
-              help="Where the database and secret live. [default: ./sse-notify-data]")
-@click.option("--heartbeat", type=float, help="Seconds of quiet before a keepalive. [default: 15]")
-@click.option("--retry", type=int, help="SSE retry: value in ms. [default: 3000]")
-@click.option("--stream-buffer", type=int, help="Events a stream may fall behind. [default: 1024]")
-@click.option("--max-body", type=int, help="Largest request body in bytes. [default: 65536]")
-@click.option("--max-frame", type=int, help="Largest WebSocket message from a client, bytes. [default: 65536]")
-@click.option("--max-header", type=int, help="Largest request line plus headers, bytes. [default: 16384]")
-@click.option("--max-user-streams", type=int, help="Open streams per user; 0: no limit. [default: 100]")
-@click.option("--max-streams", type=int, help="Open streams in all; 0: no limit. [default: 50000]")
-@click.option("--publish-rate", type=float, help="Publishes per second per publisher; 0: no limit. [default: 0]")
-@click.option("--publish-burst", type=int, help="Publishes a publisher may send at once. [default: the rate]")
-@click.option("--retention", callback=_duration, help="Keep notifications this long (90s, 12h, 30d). [default: 30d]")
-@click.option("--allow-origin", multiple=True, help="Origin allowed to call cross-origin (repeatable).")
-@click.option("--store", help="Store URL. [default: sqlite:///<data-dir>/notifications.db]")
-@click.option("--broker", help="Broker URL. [default: memory://]")
-@click.option("--certfile", type=click.Path(path_type=Path, exists=True, dir_okay=False),
-              help="TLS certificate (PEM): serve HTTPS with HTTP/2.")
-@click.option("--keyfile", type=click.Path(path_type=Path, exists=True, dir_okay=False),
-              help="TLS private key (PEM), with --certfile.")
-@click.option("--access-log/--no-access-log", default=None, help="Log each request (no query strings). [default: on]")
+@cli.command(short_help="Run the service: the HTTP API, SSE, WebSocket and the demo page.",  # whole, not cut
+             epilog="The signing secret is <data-dir>/secret.key, created on the first start; "
+                    "SSE_NOTIFY_SECRET replaces it (and SSE_NOTIFY_PREVIOUS_SECRET keeps a rotated-out "
+                    "one valid). A flag wins over its variable.")
+@_setting("--host", "Address to bind.")
+@_setting("--port", "Port to bind; 0: any free port.", type=int)
+@_data_dir_option("Where the database and the secret live.")
+@_setting("--heartbeat", "Seconds of quiet before a keepalive.", type=float, shown="15")
+@_setting("--retry", "SSE retry: value in ms.", type=int)
+@_setting("--stream-buffer", "Events a stream may fall behind.", type=int)
+@_setting("--max-body", "Largest request body in bytes.", type=int)
+@_setting("--max-frame", "Largest WebSocket message from a client, bytes.", type=int)
+@_setting("--max-header", "Largest request line plus headers, bytes.", type=int)
+@_setting("--max-user-streams", "Open streams per user; 0: no limit.", type=int)
+@_setting("--max-streams", "Open streams in all; 0: no limit.", type=int)
+@_setting("--publish-rate", "Publishes per second per publisher; 0: no limit.", type=float, shown="0")
+@_setting("--publish-burst", "Publishes a publisher may send at once.", type=int, shown="the rate")
+@_setting("--retention", "Keep notifications this long (90s, 12h, 30d).", callback=_duration, shown="30d",
+          metavar="DURATION")
+@_setting("--allow-origin", "Origin allowed to call cross-origin; repeatable (the variable: comma-separated).",
+          multiple=True, shown="none")
+@_setting("--store", "Store URL.", shown="notifications.db, SQLite, in the data directory")
+@_setting("--broker", "Broker URL; memory:// serves a single node.")
+@_setting("--certfile", "TLS certificate (PEM): serve HTTPS with HTTP/2.", shown="none, plain HTTP",
+          type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@_setting("--keyfile", "TLS private key (PEM), with --certfile.", shown="none",
+          type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@_setting("--access-log/--no-access-log", "Log each request (no query strings).", default=None, shown="on")
 def serve(**flags: object) -> None:
-    """Run the service."""
-    try:
-        settings = Settings.from_env(**{**flags, "allow_origin": flags["allow_origin"] or None})
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
+    """Run the service: the HTTP API, SSE, WebSocket and the demo page."""
+    settings = _settings(**{**flags, "allow_origin": flags["allow_origin"] or None})
     _configure_logging()
     raise_open_files_limit()
     _run(_serve(settings))
 
 
-@cli.command()
+_TTL_HOURS = f"{DEFAULT_SUBSCRIBER_TTL / 3600:g} h"
+
+
+@cli.command(short_help="Print a subscriber token for USER, or a publisher token for NAME.",
+             help=f"""Print a subscriber token for USER, or with --publisher a publisher token for
+             NAME, and a newline.
+
+             A subscriber token lasts {_TTL_HOURS}, a publisher token never expires; --ttl SECONDS
+             gives either another lifetime.
+
+             It is signed with the secret in the server's data directory, or with
+             SSE_NOTIFY_SECRET. Only `sse-notify serve` creates that secret: without it this
+             command fails and creates nothing.""")
 @click.argument("user", required=False)
 @click.option("--publisher", metavar="NAME", help="Mint a publisher token for NAME instead.")
-@click.option("--ttl", type=int, help=f"Lifetime in seconds. [subscriber default: {DEFAULT_SUBSCRIBER_TTL}]")
-@click.option("--data-dir", type=click.Path(path_type=Path), help="Data directory holding the secret.")
+@click.option("--ttl", type=int, metavar="SECONDS",
+              help=f"Lifetime in seconds.  [default: subscriber {DEFAULT_SUBSCRIBER_TTL} ({_TTL_HOURS}); "
+                   "publisher: no expiry]")
+@_data_dir_option("The server's data directory, which holds the secret.")
 def token(user: str | None, publisher: str | None, ttl: int | None, data_dir: Path | None) -> None:
-    """Print a subscriber token for USER (or a publisher token) and a newline."""
     if (user is None) == (publisher is None):
         raise click.UsageError("give either USER or --publisher NAME")
     if ttl is not None and ttl <= 0:
         raise click.BadParameter("must be positive", param_hint="--ttl")
-    signer = TokenSigner.from_keyring(Settings.from_env(data_dir=data_dir).keyring())
+    signer = TokenSigner.from_keyring(_existing_keyring(_settings(data_dir=data_dir)))
     try:
         if publisher is not None:
             click.echo(signer.publisher(publisher, ttl=ttl))
@@ -100,22 +165,24 @@ def token(user: str | None, publisher: str | None, ttl: int | None, data_dir: Pa
         raise click.BadParameter(str(exc)) from None
 
 
-@cli.command("rotate-secret")
-@click.option("--data-dir", type=click.Path(path_type=Path), help="Data directory holding the secret.")
-@click.option("--grace", callback=_duration, default="24h", show_default=True,
+@cli.command("rotate-secret", short_help="Sign with a fresh secret; the current one stays valid for a grace period.")
+@_data_dir_option("The server's data directory, which holds the secret.")
+@click.option("--grace", callback=_duration, default="24h", show_default=True, metavar="DURATION",
               help="How long tokens signed with the current secret stay valid (90s, 12h, 30d).")
 def rotate_secret_command(data_dir: Path | None, grace: int) -> None:
     """Sign new tokens with a fresh secret; accept the current one for a grace period.
 
-    A running server picks the new secret up when it restarts.
+    A running server picks the new secret up when it restarts. Only `sse-notify serve`
+    creates the first secret: without one this command fails and creates nothing.
     """
-    settings = Settings.from_env(data_dir=data_dir)
+    settings = _settings(data_dir=data_dir)
     if settings.secret:
         raise click.UsageError("the secret comes from SSE_NOTIFY_SECRET: set the new one there "
                                "and the old one in SSE_NOTIFY_PREVIOUS_SECRET")
+    _existing_keyring(settings)
     keyring = rotate_secret(settings.data_dir, grace)
     until = datetime.fromtimestamp(keyring.previous_until or 0, timezone.utc).isoformat(timespec="seconds")
-    click.echo(f"New secret in {settings.data_dir / SECRET_FILE}; tokens signed with the previous "
+    click.echo(f"New secret in {(settings.data_dir / SECRET_FILE).resolve()}; tokens signed with the previous "
                f"one are accepted until {until}. Restart the service to use it.", err=True)
 
 
@@ -188,9 +255,19 @@ async def _serve(settings: Settings) -> None:
         app.begin_shutdown()  # type: ignore[attr-defined]
         _stop_websocket_pings()
 
-    logging.getLogger("sse_notify").info(
-        "sse-notify on %s://%s:%d (data: %s)", "https" if settings.certfile else "http", settings.host, settings.port, settings.data_dir)
+    logging.getLogger("sse_notify").info("%s", start_line(settings))
     await hypercorn_serve(app, config, shutdown_trigger=shutdown_trigger)
+
+
+def start_line(settings: Settings) -> str:
+    """What ``serve`` logs as it starts: where it listens and, absolute, where its data
+    lives (the store URL, if one is set, without its password), so a 401 from a token
+    signed elsewhere can be traced to a different directory."""
+    where = f"data: {settings.data_dir.resolve()}"
+    if settings.store:
+        where += f", store: {redact_url(settings.store)}"
+    scheme = "https" if settings.certfile else "http"
+    return f"sse-notify on {scheme}://{settings.host}:{settings.port} ({where})"
 
 
 def _stop_websocket_pings() -> None:

@@ -3,6 +3,9 @@ environment variables, then explicit overrides (command-line flags), in that ord
 
 Also owns the server secrets (:class:`Keyring`): ``SSE_NOTIFY_SECRET`` when set, else
 ``<data-dir>/secret.key``, created with mode 0600 on first use so tokens survive restarts.
+Only the server creates it: a caller that merely signs (``sse-notify token``) passes
+``create=False`` and gets :class:`MissingSecret`, because a secret it invented would sign
+tokens that the running server rejects.
 ``sse-notify rotate-secret`` (:func:`rotate_secret`) moves the current secret to
 ``<data-dir>/secret.previous`` with the end of its grace period and writes a new one; with
 ``SSE_NOTIFY_SECRET``, ``SSE_NOTIFY_PREVIOUS_SECRET`` plays that part for as long as it is set.
@@ -17,11 +20,13 @@ import re
 import secrets
 import time
 from collections.abc import Mapping
+from urllib.parse import urlsplit, urlunsplit
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Settings", "Keyring", "parse_duration", "load_secret", "rotate_secret", "ENV_PREFIX"]
+__all__ = ["Settings", "Keyring", "MissingSecret", "parse_duration", "load_secret", "rotate_secret",
+           "redact_url", "ENV_PREFIX"]
 
 ENV_PREFIX = "SSE_NOTIFY_"
 SECRET_FILE = "secret.key"
@@ -157,11 +162,12 @@ class Settings:
     def store_url(self) -> str:
         return self.store or f"sqlite:///{self.data_dir / 'notifications.db'}"
 
-    def keyring(self) -> Keyring:
-        """The configured secrets, else the data directory's (created if missing)."""
+    def keyring(self, create: bool = True) -> Keyring:
+        """The configured secrets, else the data directory's: created if missing, or with
+        ``create=False`` :class:`MissingSecret`."""
         if self.secret:
             return Keyring(self.secret, self.previous_secret)
-        return load_keyring(self.data_dir)
+        return load_keyring(self.data_dir, create=create)
 
 
 @dataclass(frozen=True)
@@ -174,10 +180,28 @@ class Keyring:
     previous_until: float | None = None
 
 
-def load_secret(data_dir: Path) -> str:
-    """Read ``<data_dir>/secret.key``, creating it (mode 0600) with a fresh secret if absent."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+class MissingSecret(ValueError):
+    """No ``secret.key`` where one was expected, and creating one was not allowed."""
+
+    def __init__(self, path: Path):
+        self.path = path.resolve()
+        super().__init__(f"no secret at {self.path}")
+
+
+def load_secret(data_dir: Path, create: bool = True) -> str:
+    """Read ``<data_dir>/secret.key``, creating it (mode 0600) with a fresh secret if absent;
+    with ``create=False`` an absent (or empty) file raises :class:`MissingSecret` and
+    nothing is created."""
     path = data_dir / SECRET_FILE
+    if not create:
+        try:
+            secret = path.read_text().strip()
+        except (FileNotFoundError, NotADirectoryError):
+            secret = ""
+        if not secret:
+            raise MissingSecret(path)
+        return secret
+    data_dir.mkdir(parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
@@ -187,9 +211,9 @@ def load_secret(data_dir: Path) -> str:
     return path.read_text().strip()
 
 
-def load_keyring(data_dir: Path) -> Keyring:
-    """``secret.key`` (created if absent) and, within its grace period, ``secret.previous``."""
-    secret = load_secret(data_dir)
+def load_keyring(data_dir: Path, create: bool = True) -> Keyring:
+    """``secret.key`` (see :func:`load_secret`) and, within its grace period, ``secret.previous``."""
+    secret = load_secret(data_dir, create=create)
     path = data_dir / PREVIOUS_SECRET_FILE
     try:
         saved = json.loads(path.read_text())
@@ -204,8 +228,10 @@ def load_keyring(data_dir: Path) -> Keyring:
 
 
 def rotate_secret(data_dir: Path, grace: int) -> Keyring:
-    """Make a new signing secret; the current one stays valid for ``grace`` more seconds."""
-    current = load_secret(data_dir)
+    """Make a new signing secret; the current one stays valid for ``grace`` more seconds.
+    Raises :class:`MissingSecret` when there is no current secret: rotating one that no
+    server ever used would only invent a first secret."""
+    current = load_secret(data_dir, create=False)
     until = time.time() + grace
     _write_private(data_dir / PREVIOUS_SECRET_FILE, json.dumps({"secret": current, "until": until}))
     _write_private(data_dir / SECRET_FILE, secrets.token_urlsafe(48) + "\n")
@@ -222,3 +248,12 @@ def _write_private(path: Path, text: str) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(temp, path)
+
+
+def redact_url(url: str) -> str:
+    """``url`` fit for a log line: any password in it replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from sse_notify import config
-from sse_notify.config import Keyring, Settings, load_secret, parse_duration, rotate_secret
+from sse_notify.config import (Keyring, MissingSecret, Settings, load_secret, parse_duration, redact_url,
+                               rotate_secret)
 
 
 # -- parse_duration -------------------------------------------------------------------
@@ -178,6 +179,42 @@ def test_keyring_reads_the_file_unless_configured(tmp_path: Path) -> None:
                                    data_dir=tmp_path / "x")
     assert configured.keyring() == Keyring("given", "old", None)
     assert not (tmp_path / "x").exists()  # a configured secret creates no file
+
+
+def test_without_create_a_missing_secret_is_refused_and_nothing_is_made(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(MissingSecret) as caught:
+        load_secret(Path("rel") / "data", create=False)
+    assert caught.value.path == tmp_path / "rel" / "data" / "secret.key"  # absolute: where it looked
+    assert str(tmp_path / "rel" / "data" / "secret.key") in str(caught.value)
+    with pytest.raises(MissingSecret):
+        Settings.from_env({}, data_dir=tmp_path / "d").keyring(create=False)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "secret.key").write_text("\n")
+    with pytest.raises(MissingSecret):
+        load_secret(tmp_path / "empty", create=False)
+    with pytest.raises(MissingSecret):
+        rotate_secret(tmp_path / "r", grace=60)  # no current secret: nothing to rotate
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+
+
+def test_without_create_an_existing_secret_is_read(tmp_path: Path) -> None:
+    secret = load_secret(tmp_path)
+    assert load_secret(tmp_path, create=False) == secret
+    assert Settings.from_env({}, data_dir=tmp_path).keyring(create=False) == Keyring(secret)
+    configured = Settings.from_env({"SSE_NOTIFY_SECRET": "given"}, data_dir=tmp_path / "x")
+    assert configured.keyring(create=False) == Keyring("given")  # no file needed
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("postgresql://app:s3cret@db.example:5432/notes", "postgresql://app:***@db.example:5432/notes"),
+    ("redis://:pw@127.0.0.1:6379/0?channel=x", "redis://:***@127.0.0.1:6379/0?channel=x"),
+    ("postgresql://postgres@127.0.0.1/db", "postgresql://postgres@127.0.0.1/db"),
+    ("sqlite:///tmp/x.db", "sqlite:///tmp/x.db"),
+])
+def test_redact_url_hides_only_the_password(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
 
 
 def test_rotate_keeps_the_previous_secret_for_the_grace_period(tmp_path: Path,

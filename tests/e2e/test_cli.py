@@ -97,6 +97,7 @@ class BareServer(ServerProcess):
 # -- sse-notify token ----------------------------------------------------------------------
 
 def test_token_prints_exactly_a_subscriber_token_and_a_newline(tmp_path: Path) -> None:
+    load_secret(tmp_path)  # as the server's first start leaves it
     result = run_cli("token", "alice", "--data-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
     assert TOKEN_LINE.match(result.stdout), repr(result.stdout)
@@ -109,6 +110,7 @@ def test_token_prints_exactly_a_subscriber_token_and_a_newline(tmp_path: Path) -
 
 
 def test_token_publisher(tmp_path: Path) -> None:
+    load_secret(tmp_path)
     token = mint(tmp_path, "--publisher", "billing-backend")
     signer = TokenSigner(load_secret(tmp_path))
     assert signer.verify_publisher(token).subject == "billing-backend"
@@ -117,20 +119,43 @@ def test_token_publisher(tmp_path: Path) -> None:
 
 
 def test_token_ttl(tmp_path: Path) -> None:
+    load_secret(tmp_path)
     token = mint(tmp_path, "bob", "--ttl", "120")
     claims = TokenSigner(load_secret(tmp_path)).verify_subscriber(token)
     assert claims.subject == "bob"
     assert claims.expires_at is not None and abs(claims.expires_at - (time.time() + 120)) < 15
 
 
-def test_first_token_creates_the_secret_0600_and_later_ones_reuse_it(tmp_path: Path) -> None:
-    data_dir = tmp_path / "fresh" / "data"
-    first = mint(data_dir, "alice")
-    secret_file = data_dir / "secret.key"
-    assert secret_file.is_file() and mode_of(secret_file) == 0o600
+async def test_token_from_another_directory_fails_in_one_line_and_creates_nothing(
+        make_server: Callable[..., ServerProcess], tmp_path: Path) -> None:
+    """The newcomer's trap: the server runs on one data directory, ``token`` is run from
+    another. It must not invent a secret there and print a token the server rejects."""
+    served = tmp_path / "served"
+    server = make_server(data_dir=served)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for args in (["token", "alice"], ["token", "--publisher", "backend"], ["rotate-secret"]):
+        result = run_cli(*args, cwd=elsewhere)
+        assert result.returncode != 0, args
+        assert result.stdout == ""
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+        assert f"{elsewhere / 'sse-notify-data' / 'secret.key'} " in result.stderr  # absolute: where it looked
+        assert "--data-dir DIR" in result.stderr and "SSE_NOTIFY_DATA_DIR" in result.stderr
+        assert list(elsewhere.iterdir()) == []
+    # pointed at the server's directory, the same command mints a token the server accepts
+    for how in ({"args": ["--data-dir", str(served)]}, {"env": {"SSE_NOTIFY_DATA_DIR": str(served)}}):
+        result = run_cli("token", "alice", *how.get("args", []), env=how.get("env"), cwd=elsewhere)
+        assert result.returncode == 0, result.stderr
+        assert await status_of(server, result.stdout.strip()) == 200
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_token_reuses_the_secret_and_leaves_it_0600(tmp_path: Path) -> None:
+    load_secret(tmp_path)
+    secret_file = tmp_path / "secret.key"
     content = secret_file.read_bytes()
-    second = mint(data_dir, "alice")
-    assert secret_file.read_bytes() == content
+    first, second = mint(tmp_path, "alice"), mint(tmp_path, "alice")
+    assert secret_file.read_bytes() == content and mode_of(secret_file) == 0o600
     signer = TokenSigner(content.decode().strip())
     assert signer.verify_subscriber(first).subject == signer.verify_subscriber(second).subject == "alice"
 
@@ -145,6 +170,7 @@ def test_secret_env_overrides_the_file_for_token(tmp_path: Path) -> None:
 
 def test_token_data_dir_env_and_flag_wins(tmp_path: Path) -> None:
     env_dir, flag_dir = tmp_path / "env", tmp_path / "flag"
+    load_secret(env_dir), load_secret(flag_dir)
     result = run_cli("token", "alice", env={"SSE_NOTIFY_DATA_DIR": str(env_dir)}, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert TokenSigner(load_secret(env_dir)).verify_subscriber(result.stdout.strip()).subject == "alice"
@@ -195,10 +221,11 @@ def test_token_usage_error_exits_nonzero_as_a_process(tmp_path: Path) -> None:
 ])
 def test_token_usage_errors_exit_nonzero_with_a_message(in_process: Callable[..., int], tmp_path: Path,
                                                         capsys: pytest.CaptureFixture[str], args: list[str]) -> None:
+    load_secret(tmp_path)  # refused for the input, not for a missing secret
     assert in_process("token", *args, "--data-dir", str(tmp_path)) != 0
     out, err = capsys.readouterr()
     assert out == ""  # nothing that could be mistaken for a token
-    assert err.strip()
+    assert err.strip() and "no secret" not in err
 
 
 # -- the secret of `serve` ------------------------------------------------------------------------
@@ -295,6 +322,31 @@ async def test_port_and_data_dir_from_the_environment(tmp_path: Path) -> None:
         assert (data_dir / "secret.key").is_file() and (data_dir / "notifications.db").is_file()
         assert not (tmp_path / "sse-notify-data").exists()
         assert await status_of(server, server.token("alice")) == 200  # signed with data_dir's secret
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+@pytest.mark.parametrize("given", ["default", "relative flag", "relative variable", "store"])
+async def test_serve_logs_the_absolute_data_dir_it_uses(tmp_path: Path, given: str) -> None:
+    args: list[str] = ["--port", "0"]
+    env: dict[str, str] = {}
+    data_dir = tmp_path / "sse-notify-data"
+    if given == "relative flag":
+        data_dir = tmp_path / "rel" / "flag"
+        args += ["--data-dir", "rel/flag"]
+    elif given == "relative variable":
+        data_dir = tmp_path / "rel" / "env"
+        env["SSE_NOTIFY_DATA_DIR"] = "rel/../rel/env"
+    elif given == "store":
+        args += ["--store", f"sqlite:///{tmp_path / 'elsewhere.db'}"]
+    server = BareServer(data_dir, *args, env=env, cwd=tmp_path)
+    try:
+        await asyncio.to_thread(server.start)
+        [line] = [line for line in server.output if "sse-notify on http://" in line]
+        expected = f"(data: {data_dir}" + (f", store: sqlite:///{tmp_path / 'elsewhere.db'})" if given == "store" else ")")
+        assert line.rstrip().endswith(expected), line
+        assert (data_dir / "secret.key").is_file()
+        assert await status_of(server, server.token("alice")) == 200
     finally:
         await asyncio.to_thread(server.stop)
 
