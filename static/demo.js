@@ -1,6 +1,8 @@
 // The demo inbox at "/", and the example to copy: everything live comes through
 // sse-notify.js (connect, on, history, markRead). The publisher half (minting tokens,
 // sending) is plain fetch with a publisher token, which a real app keeps on its backend.
+// Each message shows beside the control it is about (say(where, ...)), and the words
+// name panels, never positions: the panels stack on a narrow screen.
 import { connect } from "./sse-notify.js";
 
 const $ = (id) => document.getElementById(id);
@@ -9,13 +11,21 @@ const MINTED_KEY = "sse-notify-demo:minted-for"; // set when the token was minte
 const PUBLISHER_KEY = "sse-notify-demo:publisher"; // sessionStorage: this tab only
 const STATES = {
   connecting: "connecting…", open: "live", reconnecting: "reconnecting…",
-  unauthorized: "token rejected: paste a fresh one", closed: "not connected",
+  unauthorized: "token refused", closed: "not connected",
+};
+const REFUSED = "Token refused: expired, or signed with another secret. "
+  + "Get a fresh one with sse-notify token USER and the server's --data-dir.";
+const EMPTY = {
+  idle: "Not connected. Connect with a subscriber token, or mint one under Publisher.",
+  refused: "Not connected: the token was refused (see Connect).",
+  connected: "No notifications yet.",
 };
 const MODES = { worker: "shared worker", leader: "leader tab", follower: "via leader tab", direct: "this tab" };
 
 let client = null;
 let user = null;
 let nextBefore = null;
+let refused = false; // the server turned this client's token down
 const items = new Map(); // id -> <li>
 
 // -- the connection --------------------------------------------------------------------
@@ -39,6 +49,9 @@ function start(token) {
 function stop() {
   client?.close();
   client = user = nextBefore = null;
+  refused = false;
+  say("connect-msg", "");
+  say("inbox-msg", "");
   items.clear();
   $("inbox").replaceChildren();
   $("older").hidden = true;
@@ -58,13 +71,23 @@ async function loadHistory(before) {
     nextBefore = page.next_before;
     $("older").hidden = nextBefore === null;
   } catch (err) {
-    if (current === client) say(`History: ${err.message}`, true);
+    if (current !== client) return;
+    if (err.status === 401) refuse();
+    else say("inbox-msg", `History: ${err.message}`, true);
   }
+  showEmpty();
+}
+
+function refuse() {
+  refused = true;
+  say("connect-msg", REFUSED, true);
   showEmpty();
 }
 
 function showStatus(s) {
   $("status").dataset.state = s.state;
+  if (s.state === "unauthorized") refuse();
+  if (s.state === "open" && refused) { refused = false; say("connect-msg", ""); showEmpty(); }
   let text = STATES[s.state] ?? s.state;
   if (s.state === "reconnecting" && s.retryIn != null) text = `reconnecting in ${(s.retryIn / 1000).toFixed(1)} s`;
   if (s.state === "reconnecting" && s.error) text += ` (${s.error})`;
@@ -87,7 +110,7 @@ function showUnread(count) {
 
 function showEmpty() {
   $("inbox-empty").hidden = items.size > 0;
-  $("inbox-empty").textContent = client ? "No notifications yet." : "Paste a subscriber token on the right to connect.";
+  $("inbox-empty").textContent = EMPTY[!client ? "idle" : refused ? "refused" : "connected"];
 }
 
 // -- the inbox -------------------------------------------------------------------------
@@ -105,7 +128,7 @@ function add(n, live) {
   li.querySelector("time").dateTime = n.created_at;
   li.querySelector("time").textContent = new Date(n.created_at).toLocaleString();
   li.querySelector(".read-btn").addEventListener("click", () => {
-    client?.markRead(n.id).catch((err) => say(`Mark read: ${err.message}`, true));
+    client?.markRead(n.id).catch((err) => say("inbox-msg", `Mark read: ${err.message}`, true));
   });
   items.set(n.id, li);
   const older = [...$("inbox").children].find((el) => Number(el.dataset.id) < n.id); // newest first
@@ -134,9 +157,10 @@ async function mintAndKeep(forUser) {
   return token;
 }
 
-function say(text, isError = false) {
-  $("pub-msg").textContent = text;
-  $("pub-msg").classList.toggle("error", isError);
+/** Show `text` in the message line `where`, beside the control it is about. */
+function say(where, text, isError = false) {
+  $(where).textContent = text;
+  $(where).classList.toggle("error", isError);
 }
 
 /** Read `key` (no value given), or store it (null removes it); storage may be disabled. */
@@ -163,7 +187,7 @@ $("connect-form").addEventListener("submit", (ev) => {
 $("disconnect").addEventListener("click", stop);
 
 $("mark-all").addEventListener("click", () => {
-  client?.markRead("all").catch((err) => say(`Mark all read: ${err.message}`, true));
+  client?.markRead("all").catch((err) => say("inbox-msg", `Mark all read: ${err.message}`, true));
 });
 
 $("older").addEventListener("click", () => loadHistory(nextBefore));
@@ -178,25 +202,25 @@ $("mint-form").addEventListener("submit", async (ev) => {
   try {
     const token = await mintAndKeep(forUser);
     remember(localStorage, MINTED_KEY, forUser);
-    say(`Minted a token for ${forUser}.`);
+    say("mint-msg", `Minted a token for ${forUser}.`);
     start(token);
   } catch (err) {
-    say(`Mint: ${err.message}`, true);
+    say("mint-msg", `Mint: ${err.message}`, true);
   }
 });
 
 $("send-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const to = $("send-user").value.trim() || user;
-  if (!to) { say("Send: connect first, or name a recipient.", true); return; }
+  if (!to) { say("send-msg", "Send: connect first, or name a recipient.", true); return; }
   const body = { user: to, title: $("send-title").value, priority: $("send-priority").value };
   if ($("send-body").value.trim()) body.body = $("send-body").value.trim();
   if ($("send-topic").value.trim()) body.topic = $("send-topic").value.trim();
   try {
     const { ids } = await publisherPost("notifications", body);
-    say(`Sent #${ids[0]} to ${to}.`);
+    say("send-msg", `Sent #${ids[0]} to ${to}.`);
   } catch (err) {
-    say(`Send: ${err.message}`, true);
+    say("send-msg", `Send: ${err.message}`, true);
   }
 });
 
