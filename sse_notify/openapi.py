@@ -179,6 +179,17 @@ _ANSWER_TEXT = {
     ("get", "/healthz", "200"): "Storage answers.",
     ("get", "/healthz", "503"): "Storage does not answer, or its disk is (nearly) full.",
 }
+#: The reference's groups, in the order shown, and the operations in each.
+_TAGS = [
+    ("Publish", "For your backend, with a publisher token.",
+     {("post", "/notifications"), ("post", "/tokens")}),
+    ("Subscribe", "For each user's browser or device, with a subscriber token: the live feed.",
+     {("get", "/events"), ("get", "/ws")}),
+    ("Inbox", "History and read state, with a subscriber token.",
+     {("get", "/notifications"), ("post", "/notifications/read"), ("post", "/notifications/{id}/read")}),
+    ("Service", "Health, metrics and pages; no token.",
+     {("get", "/"), ("get", "/docs"), ("get", "/healthz"), ("get", "/metrics")}),
+]
 _PARAMETER_TEXT = {
     ("get", "/notifications", "limit"): "Notifications per page, 1-200.",
     ("get", "/notifications", "before"): "Only notifications with a smaller id: the previous "
@@ -197,6 +208,7 @@ _IDEMPOTENCY_KEY = {
 def _describe(method: str, path: str, operation: dict[str, Any]) -> None:
     """Answer descriptions, parameter descriptions and examples for one operation."""
     publisher = operation.get("security") == PUBLISHER
+    operation["tags"] = [name for name, _, members in _TAGS if (method, path) in members]
     for status, answer in operation.get("responses", {}).items():
         status = str(status)
         text = _ANSWER_TEXT.get((method, path, status)) or _ERROR_TEXT.get(status)
@@ -239,6 +251,7 @@ class Provider(OpenAPIProvider):
             for method, operation in item.items():
                 _describe(method, path, operation)
         schema["info"]["description"] = _INTRO
+        schema["tags"] = [{"name": name, "description": text} for name, text, _ in _TAGS]
         for name, scheme in schema["components"]["securitySchemes"].items():
             scheme["description"] = _SCHEME_TEXT[name]
         schema["components"]["schemas"]["ErrorBody"] = ErrorBody.model_json_schema()  # for _ERROR

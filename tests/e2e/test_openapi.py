@@ -170,6 +170,7 @@ def test_every_operation_is_described_for_the_people_who_call_it(server: ServerP
         summary, description = operation.get("summary", ""), operation.get("description", "")
         assert summary.strip() and "\n" not in summary, f"{name}: no one-line summary"
         assert len(description.strip()) >= 40, f"{name}: no description"
+        assert len(operation.get("tags", [])) == 1, f"{name}: not in one group of the reference"
         texts += [(name, summary), (name, description)]
         for status, answer in operation["responses"].items():
             assert answer.get("description", "").strip(), f"{name} {status}: answer not described"
