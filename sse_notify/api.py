@@ -1,4 +1,4 @@
-"""The HTTP API on Quart: history, read state, tokens, health, metrics, the demo.
+"""The HTTP API on Quart: history, read state, tokens, health, metrics, the demo, the docs.
 
 ``POST /notifications`` is declared here (routing, OpenAPI) but served in front of Quart by
 the lean :class:`~sse_notify.transports.PublishEndpoint`.
@@ -6,6 +6,10 @@ the lean :class:`~sse_notify.transports.PublishEndpoint`.
 Handlers raise :class:`~sse_notify.errors.ApiError`; ``app.py`` renders every error as the
 contract's JSON body. Bodies are decoded with orjson whatever their ``Content-Type`` (so
 ``curl -d`` works) and validated by the pydantic models in :mod:`sse_notify.schemas`.
+
+A view's docstring is written for the people who call the API: quart-schema makes its first
+line the operation's summary in ``/openapi.json`` and the rest its description (Markdown).
+Notes for maintainers go in comments.
 """
 
 from __future__ import annotations
@@ -59,9 +63,29 @@ def _subscriber() -> str:
 @document_response(IdsResponse, 200)  # an Idempotency-Key repeat: the first answer's ids
 @errors(400, 401, 413, 422, 429, 503)
 async def publish() -> Response:
-    """Declared for Quart's routing (405 answers, OPTIONS) and /openapi.json only: the
-    request itself is served in front of Quart by
-    :class:`~sse_notify.transports.PublishEndpoint`, so this body never runs."""
+    """Publish a notification
+
+    Stores a notification and delivers it at once to every open stream of its recipients
+    (every tab and device, over SSE and WebSocket). Give exactly one target: `user` (one
+    user id), `users` (1 to 1000 distinct user ids: one notification each) or
+    `broadcast: true` (every user, including users who connect later); plus a `title`
+    (1-256 characters). `body` (up to 4096 characters), `priority` (`low`, `medium` (the
+    default), `high`, `urgent`), `topic` and `data` (any JSON object, passed through
+    untouched) are optional. The body is read as JSON whatever its `Content-Type`, and
+    unknown fields are refused (422).
+
+    The answer, `201 {"ids": [...]}`, is sent only after the notification is durably
+    committed, so a crash after a 201 never loses it: one id per stored notification, in
+    the order of `users`. Ids increase strictly in commit order; each is the notification's
+    SSE event id and replay cursor.
+
+    To retry safely, send an `Idempotency-Key` header: a repeat of the same key by the same
+    publisher within 24 hours stores nothing new and answers `200` with the first request's
+    ids.
+    """
+    # Declared for Quart's routing (its 405 answers, OPTIONS) and for /openapi.json: the
+    # request itself is served in front of Quart by transports.PublishEndpoint, so this
+    # body never runs.
     raise ApiError(500, "internal_error", "POST /notifications is served before Quart.")
 
 
@@ -71,6 +95,13 @@ async def publish() -> Response:
 @document_response(HistoryResponse)
 @errors(401, 422, 503)
 async def history() -> Response:
+    """List the user's notifications (history and read state)
+
+    The subscriber's own notifications and broadcasts, newest first, each with its `read`
+    flag (read state is per user, broadcasts included). To page back, pass the answer's
+    `next_before` as `before`; `next_before` is `null` exactly when nothing older matches.
+    `unread=true` keeps only unread notifications, `unread=false` only read ones.
+    """
     user = _subscriber()
     args = request.args
     limit = _int_arg(args.get("limit"), "limit", 50)
@@ -100,6 +131,13 @@ def _int_arg(value: str | None, name: str, default: int | None) -> Any:
 @security_scheme(SUBSCRIBER)
 @errors(401, 404, 503)
 async def mark_one_read(id: int) -> Response:
+    """Mark one notification read
+
+    Marks notification `id` read for this user. If its state changed, every open stream
+    of the user, the caller's included, receives a `read` event listing it; marking an
+    already read notification changes nothing and sends nothing. `404` when the
+    notification does not exist or is not visible to this user.
+    """
     user = _subscriber()
     service = _service()
     if id > MAX_ID or not await service.store.is_visible(user, id):
@@ -114,6 +152,12 @@ async def mark_one_read(id: int) -> Response:
 @document_response(UpdatedResponse)
 @errors(400, 401, 413, 422, 503)
 async def mark_many_read() -> Response:
+    """Mark several notifications, or all, read
+
+    Give either `{"ids": [...]}` (1 to 1000 ids) or `{"all": true}`. The answer counts the
+    notifications whose state changed; ids the user cannot see are ignored. The user's open
+    streams receive one `read` event listing the ids that changed (nothing when none did).
+    """
     user = _subscriber()
     body = parse(MarkReadBody, await _body())
     changed = await _service().mark_read(user, body.ids)
@@ -126,6 +170,14 @@ async def mark_many_read() -> Response:
 @document_response(TokenResponse, 201)
 @errors(400, 401, 413, 422)
 async def mint_token() -> Response:
+    """Mint a subscriber token for a user
+
+    For your backend: get a token to hand to one user's browser or device. `ttl` is its
+    lifetime in seconds, 1 to 31622400 (366 days); the default is 86400 (24 hours). The
+    token opens `GET /events` and `GET /ws` (as `?token=`, as `Authorization: Bearer`, or
+    in the `sse_notify_token` cookie) and the history and read-state calls. A stream ends
+    when its token expires, after a `token-expiring` event one minute before.
+    """
     service = _service()
     verify_publisher(service.signer, request.headers)
     body = parse(TokenBody, await _body())
@@ -139,6 +191,12 @@ async def mint_token() -> Response:
 @document_response(HealthResponse)
 @errors(503)
 async def healthz() -> Response:
+    """Health check
+
+    `200 {"status": "ok"}` when storage answers: a small write through the same queue as
+    publishes completes within 2 seconds and the database's disk has at least 1 MiB free.
+    Otherwise `503` with the JSON error. No token needed: for load balancers and probes.
+    """
     try:
         await _service().store.ping()
     except StoreUnavailable as exc:
@@ -148,10 +206,33 @@ async def healthz() -> Response:
 
 @api.get("/metrics")
 async def metrics() -> Response:
+    """Prometheus metrics
+
+    The Prometheus text format: `sse_notify_open_streams{transport="sse"|"ws"}`,
+    `sse_notify_connected_users`, `sse_notify_notifications_published_total`,
+    `sse_notify_events_delivered_total`, `sse_notify_events_replayed_total` and
+    `sse_notify_slow_consumer_disconnects_total`. No token needed: restrict it at your
+    proxy if it should not be public.
+    """
     service = _service()
     return Response(render_metrics(service.hub, service.published), content_type=CONTENT_TYPE)
 
 
 @api.get("/")
 async def demo() -> Response:
+    """The demo page
+
+    An inbox built on the browser library `/static/sse-notify.js`: connect with a
+    subscriber token, watch notifications arrive, mark them read, and send test
+    notifications with a publisher token.
+    """
     return await send_from_directory(_service().settings.static_dir, "index.html")
+
+
+@api.get("/docs")
+async def docs() -> Response:
+    """The interactive API reference (this page)
+
+    Swagger UI showing `/openapi.json`, served from this service (no external resources).
+    """
+    return await send_from_directory(_service().settings.static_dir, "docs.html")

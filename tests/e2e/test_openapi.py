@@ -1,11 +1,14 @@
 """``/openapi.json`` kept true against the running server: every route it serves is
 described and every described route is served; every answer to a set of real requests
 (successes and each contract error) has a described status, and its body is valid for
-the described schema.
+the described schema. It is also a reference written for callers: every operation has a
+summary and a description free of the implementation's internals, every answer a
+description, and every JSON body an example that is valid for its schema.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,6 +94,7 @@ def cases(nid: int, others: int) -> list[Case]:
         Case("GET", "/healthz", "/healthz", 200),
         Case("GET", "/metrics", "/metrics", 200),
         Case("GET", "/", "/", 200),
+        Case("GET", "/docs", "/docs", 200),
         Case("GET", "/events", "/events", 200, "sub"),
         Case("GET", "/events", "/events", 401, None),
         Case("GET", "/events?topics=not%20a%20topic", "/events", 422, "sub"),
@@ -145,3 +149,61 @@ async def test_answers_have_described_statuses_and_bodies(server: ServerProcess)
         for method, operation in item.items():
             missing = set(operation["responses"]) - produced.get((method, path), set()) - ELSEWHERE
             assert not missing, f"{method.upper()} {path} describes {missing}, never produced here"
+
+
+#: Words of the implementation that a caller's reference must not show (the publish
+#: operation once described itself with a code comment about Quart's routing).
+INTERNALS = re.compile(r"quart|hypercorn|:class:|:func:|sse_notify\.|transports\b|never runs|\bview\b",
+                       re.IGNORECASE)
+
+
+def operations(doc: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for path, item in doc["paths"].items():
+        for method, operation in item.items():
+            yield f"{method.upper()} {path}", operation
+
+
+def test_every_operation_is_described_for_the_people_who_call_it(server: ServerProcess) -> None:
+    doc = httpx.get(f"{server.url}/openapi.json").json()
+    texts = [("info", doc["info"]["description"])]
+    for name, operation in operations(doc):
+        summary, description = operation.get("summary", ""), operation.get("description", "")
+        assert summary.strip() and "\n" not in summary, f"{name}: no one-line summary"
+        assert len(description.strip()) >= 40, f"{name}: no description"
+        assert len(operation.get("tags", [])) == 1, f"{name}: not in one group of the reference"
+        texts += [(name, summary), (name, description)]
+        for status, answer in operation["responses"].items():
+            assert answer.get("description", "").strip(), f"{name} {status}: answer not described"
+            texts.append((f"{name} {status}", answer["description"]))
+        texts += [(f"{name} {p['name']}", p.get("description", "")) for p in operation.get("parameters", [])]
+    texts += [(name, scheme["description"]) for name, scheme in doc["components"]["securitySchemes"].items()]
+    leaks = [(where, INTERNALS.search(text).group()) for where, text in texts if INTERNALS.search(text)]
+    assert not leaks, leaks
+    publish = doc["paths"]["/notifications"]["post"]
+    assert publish["summary"] == "Publish a notification"
+    assert "Idempotency-Key" in {p["name"] for p in publish["parameters"]}
+
+
+def validate(doc: dict[str, Any], schema: dict[str, Any], value: Any, where: str) -> None:
+    errors = sorted(Draft202012Validator({**schema, "components": doc["components"]}).iter_errors(value), key=str)
+    assert not errors, (where, value, errors[0].message if errors else None)
+
+
+def test_every_json_body_has_an_example_valid_for_its_schema(server: ServerProcess) -> None:
+    doc = httpx.get(f"{server.url}/openapi.json").json()
+    for name, operation in operations(doc):
+        if "requestBody" in operation:
+            media = operation["requestBody"]["content"]["application/json"]
+            examples = [e["value"] for e in media.get("examples", {}).values()]
+            assert examples, f"{name}: no request example"
+            for value in examples:
+                validate(doc, media["schema"], value, name)
+        for status, answer in operation["responses"].items():
+            for content_type, media in answer.get("content", {}).items():
+                if content_type == "text/html":
+                    continue  # a page, seen in the browser
+                assert "example" in media, f"{name} {status}: no example"
+                if content_type == "application/json":
+                    validate(doc, media["schema"], media["example"], f"{name} {status}")
+    stream = doc["paths"]["/events"]["get"]["responses"]["200"]["content"]["text/event-stream"]["example"]
+    assert stream.startswith("retry: 3000\n\nevent: hello\n")
