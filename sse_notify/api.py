@@ -19,6 +19,7 @@ from quart import Blueprint, Response, current_app, request, send_from_directory
 from quart_schema import document_querystring, document_request, document_response, security_scheme
 
 from .auth import subscriber_token, verify_publisher, verify_subscriber
+from .broker import BrokerUnavailable
 from .errors import ApiError
 from .metrics import CONTENT_TYPE, render_metrics
 from .models import MAX_ID, iso_ms
@@ -139,17 +140,23 @@ async def mint_token() -> Response:
 @document_response(HealthResponse)
 @errors(503)
 async def healthz() -> Response:
+    service = _service()
     try:
-        await _service().store.ping()
+        await service.store.ping()
     except StoreUnavailable as exc:
         raise ApiError.unavailable(f"Storage does not answer: {exc}") from None
+    try:
+        await service.broker.ping()
+    except BrokerUnavailable as exc:
+        raise ApiError.unavailable(f"The broker does not answer: {exc}") from None
     return _json({"status": "ok"})
 
 
 @api.get("/metrics")
 async def metrics() -> Response:
     service = _service()
-    return Response(render_metrics(service.hub, service.published), content_type=CONTENT_TYPE)
+    return Response(render_metrics(service.hub, service.published, service.follower),
+                    content_type=CONTENT_TYPE)
 
 
 @api.get("/")

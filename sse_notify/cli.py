@@ -62,7 +62,7 @@ def cli() -> None:
 @click.option("--retention", callback=_duration, help="Keep notifications this long (90s, 12h, 30d). [default: 30d]")
 @click.option("--allow-origin", multiple=True, help="Origin allowed to call cross-origin (repeatable).")
 @click.option("--store", help="Store URL. [default: sqlite:///<data-dir>/notifications.db]")
-@click.option("--broker", help="Broker URL. [default: memory://]")
+@click.option("--broker", help="Broker URL: memory://, postgresql://..., redis://HOST:PORT/N[?channel=NAME]. [default: the PostgreSQL store, else memory://]")
 @click.option("--certfile", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="TLS certificate (PEM): serve HTTPS with HTTP/2.")
 @click.option("--keyfile", type=click.Path(path_type=Path, exists=True, dir_okay=False),
