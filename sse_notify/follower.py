@@ -70,6 +70,8 @@ class Follower:
         #: Store reads made to fill gaps or catch up, and the notifications they delivered.
         self.catchup_reads = 0
         self.caught_up = 0
+        #: Times the broker reconnected (and messages may have been lost).
+        self.resyncs = 0
         self._inbox: deque[object] = deque()
         self._wake = asyncio.Event()
         self._pending: dict[int, Notification] = {}  # held back behind a gap
@@ -136,6 +138,7 @@ class Follower:
 
     def _handle(self, item: object) -> None:
         if isinstance(item, Resync):
+            self.resyncs += 1
             self._resync = True
             self._read_soon(0.0)
         else:

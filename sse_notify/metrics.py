@@ -60,6 +60,9 @@ class _ServiceCollector(Collector):
             yield CounterMetricFamily("sse_notify_follower_caught_up",
                                       "Notifications delivered from the store rather than the broker.",
                                       value=follower.caught_up)
+            yield CounterMetricFamily("sse_notify_broker_reconnects",
+                                      "Times the broker reconnected, each followed by a catch-up.",
+                                      value=follower.resyncs)
 
 
 def render_metrics(hub: Hub, published: int, follower: Follower | None = None) -> bytes:
