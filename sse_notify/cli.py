@@ -159,7 +159,11 @@ async def _serve(settings: Settings) -> None:
     from .app import create_app
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except ValueError as exc:  # an unknown store or broker URL scheme
+        raise click.ClickException(str(exc)) from None
+    await _check_broker(app)
     config = Config()
     config.bind = [f"[{settings.host}]:{settings.port}" if ":" in settings.host else f"{settings.host}:{settings.port}"]
     config.accesslog = logging.getLogger("sse_notify.access") if settings.access_log else None
@@ -191,6 +195,21 @@ async def _serve(settings: Settings) -> None:
     logging.getLogger("sse_notify").info(
         "sse-notify on %s://%s:%d (data: %s)", "https" if settings.certfile else "http", settings.host, settings.port, settings.data_dir)
     await hypercorn_serve(app, config, shutdown_trigger=shutdown_trigger)
+
+
+async def _check_broker(app: object) -> None:
+    """Refuse to start, in one line, when the broker cannot be reached (a failure inside
+    the app's startup would end in tracebacks)."""
+    from .broker import BrokerUnavailable, open_broker
+
+    service = app.extensions["sse_notify"]  # type: ignore[attr-defined]
+    probe = open_broker(service.settings.broker_url)
+    try:
+        await probe.open()
+    except BrokerUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        await probe.close()
 
 
 def _stop_websocket_pings() -> None:
