@@ -18,7 +18,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from sse_notify.broker import Broker, open_broker
+from sse_notify.broker import Broker, BrokerUnavailable, open_broker
 from sse_notify.follower import Follower
 from sse_notify.models import Notification, NotificationDraft, ReadChange
 from sse_notify.store.sqlite import SQLiteStore
@@ -27,7 +27,7 @@ REDIS_START = ["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::
                "--port", "6379", "--save", "", "--appendonly", "no", "--dir", "/var/lib/redis",
                "--logfile", "/var/log/redis/ci.log"]
 
-Fault = Callable[[str], Awaitable[None]]
+Fault = Callable[[str, Broker], Awaitable[None]]  # (URL, the subscriber's broker)
 
 
 async def _run(*argv: str) -> str:
@@ -50,7 +50,7 @@ async def ensure_redis() -> None:
             await asyncio.sleep(0.05)
 
 
-async def kill_listen_connections(url: str) -> None:
+async def kill_listen_connections(url: str, subscriber: Broker) -> None:
     """Every other connection to this test's database: both nodes' LISTEN and NOTIFY ones."""
     conn = await asyncpg.connect(url)
     try:
@@ -62,18 +62,20 @@ async def kill_listen_connections(url: str) -> None:
     assert killed >= 2
 
 
-async def restart_redis(url: str) -> None:
+async def restart_redis(url: str, subscriber: Broker) -> None:
     try:
         await _run("redis-cli", "shutdown", "nosave")
         async with asyncio.timeout(10):
             while await _redis_up():
                 await asyncio.sleep(0.02)
+        with pytest.raises(BrokerUnavailable):  # what /healthz answers 503 on
+            await subscriber.ping()
         await asyncio.sleep(0.3)  # down for a while: publishes fail, commits go on
     finally:
         await ensure_redis()
 
 
-async def kick_redis_subscribers(url: str) -> None:
+async def kick_redis_subscribers(url: str, subscriber: Broker) -> None:
     out = await _run("redis-cli", "client", "kill", "type", "pubsub")
     assert int(out.strip() or 0) >= 1, out
 
@@ -118,7 +120,7 @@ async def scenario(tmp_path: Path, url: str, fault: Fault, faults: int, seconds:
     try:
         for _ in range(faults):
             await asyncio.sleep(seconds / (faults + 1))
-            await fault(url)
+            await fault(url, b)
         await asyncio.sleep(seconds / (faults + 1))
         stop.set()
         await publisher
