@@ -5,7 +5,7 @@ another, as between two nodes; the in-process one is its own peer."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 

@@ -78,8 +78,7 @@ class PostgresBroker(NetworkBroker):
 
     async def _unsubscribe(self) -> None:
         conn, self._listener = self._listener, None
-        if conn is not None:
-            conn.terminate()
+        await _close(conn)
 
     async def _send(self, payloads: list[bytes]) -> None:
         if self._sender is None or self._sender.is_closed():
@@ -88,5 +87,14 @@ class PostgresBroker(NetworkBroker):
 
     async def _reset_sender(self) -> None:
         conn, self._sender = self._sender, None
-        if conn is not None:
-            conn.terminate()
+        await _close(conn)
+
+
+async def _close(conn: asyncpg.Connection | None) -> None:
+    """Close politely (the server logs no "unexpected EOF"), or cut a connection that hangs."""
+    if conn is None or conn.is_closed():
+        return
+    try:
+        await conn.close(timeout=1.0)
+    except Exception:
+        conn.terminate()

@@ -4,7 +4,6 @@ in /metrics, and a broker URL it cannot use stops it with one line, before it li
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
