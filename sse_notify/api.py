@@ -23,6 +23,7 @@ from quart import Blueprint, Response, current_app, request, send_from_directory
 from quart_schema import document_querystring, document_request, document_response, security_scheme
 
 from .auth import subscriber_token, verify_publisher, verify_subscriber
+from .broker import BrokerUnavailable
 from .errors import ApiError
 from .metrics import CONTENT_TYPE, render_metrics
 from .models import MAX_ID, iso_ms
@@ -193,14 +194,20 @@ async def mint_token() -> Response:
 async def healthz() -> Response:
     """Health check
 
-    `200 {"status": "ok"}` when storage answers: a small write through the same queue as
-    publishes completes within 2 seconds and the database's disk has at least 1 MiB free.
-    Otherwise `503` with the JSON error. No token needed: for load balancers and probes.
+    `200 {"status": "ok"}` when storage answers (a small write through the same queue as
+    publishes completes within 2 seconds and the database's disk has at least 1 MiB free)
+    and so does the broker, when there is one between nodes. Otherwise `503` with the JSON
+    error. No token needed: for load balancers and probes.
     """
+    service = _service()
     try:
-        await _service().store.ping()
+        await service.store.ping()
     except StoreUnavailable as exc:
         raise ApiError.unavailable(f"Storage does not answer: {exc}") from None
+    try:
+        await service.broker.ping()
+    except BrokerUnavailable as exc:
+        raise ApiError.unavailable(f"The broker does not answer: {exc}") from None
     return _json({"status": "ok"})
 
 
@@ -215,7 +222,8 @@ async def metrics() -> Response:
     proxy if it should not be public.
     """
     service = _service()
-    return Response(render_metrics(service.hub, service.published), content_type=CONTENT_TYPE)
+    return Response(render_metrics(service.hub, service.published, service.follower),
+                    content_type=CONTENT_TYPE)
 
 
 @api.get("/")

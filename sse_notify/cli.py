@@ -117,7 +117,8 @@ def cli() -> None:
 @_setting("--allow-origin", "Origin allowed to call cross-origin; repeatable (the variable: comma-separated).",
           multiple=True, shown="none")
 @_setting("--store", "Store URL.", shown="notifications.db, SQLite, in the data directory")
-@_setting("--broker", "Broker URL; memory:// serves a single node.")
+@_setting("--broker", "Broker URL: memory://, postgresql://..., redis://HOST:PORT/N[?channel=NAME].",
+          shown="the store's database with a PostgreSQL store, else memory://")
 @_setting("--certfile", "TLS certificate (PEM): serve HTTPS with HTTP/2.", shown="none, plain HTTP",
           type=click.Path(path_type=Path, exists=True, dir_okay=False))
 @_setting("--keyfile", "TLS private key (PEM), with --certfile.", shown="none",
@@ -226,7 +227,11 @@ async def _serve(settings: Settings) -> None:
     from .app import create_app
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except ValueError as exc:  # an unknown store or broker URL scheme
+        raise click.ClickException(str(exc)) from None
+    await _check_broker(app)
     config = Config()
     config.bind = [f"[{settings.host}]:{settings.port}" if ":" in settings.host else f"{settings.host}:{settings.port}"]
     config.accesslog = logging.getLogger("sse_notify.access") if settings.access_log else None
@@ -268,6 +273,21 @@ def start_line(settings: Settings) -> str:
         where += f", store: {redact_url(settings.store)}"
     scheme = "https" if settings.certfile else "http"
     return f"sse-notify on {scheme}://{settings.host}:{settings.port} ({where})"
+
+
+async def _check_broker(app: object) -> None:
+    """Refuse to start, in one line, when the broker cannot be reached (a failure inside
+    the app's startup would end in tracebacks)."""
+    from .broker import BrokerUnavailable, open_broker
+
+    service = app.extensions["sse_notify"]  # type: ignore[attr-defined]
+    probe = open_broker(service.settings.broker_url)
+    try:
+        await probe.open()
+    except BrokerUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        await probe.close()
 
 
 def _stop_websocket_pings() -> None:

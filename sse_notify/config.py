@@ -74,8 +74,9 @@ class Settings:
     data_dir: Path = Path("./sse-notify-data")
     #: Store URL; empty means the embedded SQLite file ``<data-dir>/notifications.db``.
     store: str = ""
-    #: Broker URL; ``memory://`` is the in-process broker of a single node.
-    broker: str = "memory://"
+    #: Broker URL; empty means the store's PostgreSQL (LISTEN/NOTIFY) with a PostgreSQL
+    #: store, else ``memory://``, the in-process broker of a single node.
+    broker: str = ""
     heartbeat: float = 15.0
     retry: int = 3000
     stream_buffer: int = 1024
@@ -161,6 +162,13 @@ class Settings:
     @property
     def store_url(self) -> str:
         return self.store or f"sqlite:///{self.data_dir / 'notifications.db'}"
+
+    @property
+    def broker_url(self) -> str:
+        if self.broker:
+            return self.broker
+        store_url = self.store_url
+        return store_url if store_url.split(":", 1)[0] in ("postgresql", "postgres") else "memory://"
 
     def keyring(self, create: bool = True) -> Keyring:
         """The configured secrets, else the data directory's: created if missing, or with

@@ -1,13 +1,14 @@
 """Prometheus metrics, read from the service's own counters at scrape time.
 
-The hot paths only bump plain integers (``hub.stats``); this collector turns them into the
-contract's metric families when ``/metrics`` is scraped, so delivering an event never
-touches a Prometheus lock.
+The hot paths only bump plain integers (``hub.stats``, the follower's counters); this
+collector turns them into the contract's metric families when ``/metrics`` is scraped, so
+delivering an event never touches a Prometheus lock.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -15,15 +16,19 @@ from prometheus_client.registry import Collector
 
 from .hub import Hub
 
+if TYPE_CHECKING:  # only its counters are read
+    from .follower import Follower
+
 __all__ = ["render_metrics", "CONTENT_TYPE"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class _ServiceCollector(Collector):
-    def __init__(self, hub: Hub, published: int):
+    def __init__(self, hub: Hub, published: int, follower: Follower | None):
         self.hub = hub
         self.published = published
+        self.follower = follower
 
     def collect(self) -> Iterator[Metric]:
         hub = self.hub
@@ -44,9 +49,23 @@ class _ServiceCollector(Collector):
         yield CounterMetricFamily("sse_notify_slow_consumer_disconnects",
                                   "Streams closed because they fell behind their buffer.",
                                   value=hub.stats.slow_disconnects)
+        follower = self.follower
+        if follower is not None:
+            yield GaugeMetricFamily("sse_notify_follower_lag",
+                                    "The store's newest id minus the last id delivered here, "
+                                    "as of the follower's last check.", value=follower.lag)
+            yield CounterMetricFamily("sse_notify_follower_catchup_reads",
+                                      "Store reads to fill a gap the broker left or catch up.",
+                                      value=follower.catchup_reads)
+            yield CounterMetricFamily("sse_notify_follower_caught_up",
+                                      "Notifications delivered from the store rather than the broker.",
+                                      value=follower.caught_up)
+            yield CounterMetricFamily("sse_notify_broker_reconnects",
+                                      "Times the broker reconnected, each followed by a catch-up.",
+                                      value=follower.resyncs)
 
 
-def render_metrics(hub: Hub, published: int) -> bytes:
+def render_metrics(hub: Hub, published: int, follower: Follower | None = None) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_ServiceCollector(hub, published))
+    registry.register(_ServiceCollector(hub, published, follower))
     return generate_latest(registry)

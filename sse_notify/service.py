@@ -2,7 +2,8 @@
 the operations the HTTP API and the WebSocket transport share (publish, mark read).
 
 Publishing flows ``store.add()`` (group commit, ids assigned) -> the store's commit
-listener -> ``broker.publish()`` (in id order) -> the pump task -> ``hub.dispatch()``.
+listener -> ``broker.publish()`` (in id order) -> every node's follower task (which fills
+from the store whatever the broker lost, :mod:`sse_notify.follower`) -> ``hub.dispatch()``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 
 from .broker import Broker, open_broker
 from .config import Settings
+from .follower import Follower
 from .hub import Hub
 from .limits import PublishRate, StreamSlots
 from .models import NotificationDraft, ReadChange, now_ms
@@ -34,8 +36,9 @@ class Service:
         self.keyring = settings.keyring()
         self.signer = TokenSigner.from_keyring(self.keyring)
         self.store = store if store is not None else open_store(settings.store_url)
-        self.broker = broker if broker is not None else open_broker(settings.broker)
+        self.broker = broker if broker is not None else open_broker(settings.broker_url)
         self.hub = Hub(settings.stream_buffer)
+        self.follower = Follower(self.store, self.broker, self.hub.dispatch)
         self.slots = StreamSlots(settings.max_user_streams, settings.max_streams)
         self.publish_rate = PublishRate(settings.publish_rate, settings.publish_burst)
         self.published = 0
@@ -44,10 +47,16 @@ class Service:
     async def start(self) -> None:
         self.store.on_commit = self.broker.publish
         await self.store.open()
-        await self.broker.open()
+        try:
+            await self.broker.open()
+            await self.follower.start()  # its position, now that the broker is subscribed
+        except BaseException:
+            await self.broker.close()
+            await self.store.close()
+            raise
         await self.prune()  # before connections are accepted
         self._tasks = [
-            asyncio.create_task(self._pump(), name="broker-pump"),
+            asyncio.create_task(self.follower.run(), name="follower"),
             asyncio.create_task(self._prune_periodically(), name="retention"),
         ]
 
@@ -59,13 +68,6 @@ class Service:
         self._tasks = []
         await self.broker.close()
         await self.store.close()
-
-    async def _pump(self) -> None:
-        async for messages in self.broker.listen():
-            try:
-                self.hub.dispatch(messages)
-            except Exception:  # one bad message must not stop all fan-out
-                log.exception("dispatch failed")
 
     async def _prune_periodically(self) -> None:
         while True:

@@ -42,7 +42,16 @@ def test_defaults() -> None:
     assert (s.heartbeat, s.retry, s.stream_buffer, s.max_body) == (15.0, 3000, 1024, 65536)
     assert s.retention == 30 * 86400
     assert s.allow_origin == () and s.secret is None and s.access_log is True
-    assert s.broker == "memory://"
+    assert s.broker == "" and s.broker_url == "memory://"
+
+
+def test_broker_defaults_to_the_postgresql_store() -> None:
+    store = "postgresql://app@db:5432/notify"
+    assert Settings.from_env({}, store=store).broker_url == store
+    assert Settings.from_env({}, store="postgres://db/n").broker_url == "postgres://db/n"
+    assert Settings.from_env({}, store=store, broker="redis://r:6379/0").broker_url == "redis://r:6379/0"
+    assert Settings.from_env({}, store=store, broker="memory://").broker_url == "memory://"
+    assert Settings.from_env({}, store="sqlite:///x.db").broker_url == "memory://"
 
 
 def test_from_env_ignores_real_environment_when_mapping_given(monkeypatch: pytest.MonkeyPatch) -> None:
