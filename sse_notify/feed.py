@@ -34,10 +34,10 @@ Send = Callable[[list[Outbound]], Awaitable[None]]
 
 
 def parse_cursor(value: str | None) -> int | None:
-    """A valid cursor is 1-18 digits; anything else means "start live"."""
+    """A valid cursor is 1-18 digits; anything else -- surrounding whitespace included --
+    means "start live"."""
     if value is None:
         return None
-    value = value.strip()
     return int(value) if _CURSOR_RE.fullmatch(value) else None
 
 

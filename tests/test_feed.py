@@ -115,7 +115,8 @@ def make_feed(hub: Hub, store: SQLiteStore, **kw: Any) -> Feed:
 @pytest.mark.parametrize(
     ("raw", "cursor"),
     [
-        ("0", 0), ("1", 1), ("42", 42), ("007", 7), (" 42 ", 42),
+        ("0", 0), ("1", 1), ("42", 42), ("007", 7),
+        (" 42 ", None), (" 5", None), ("5 ", None), ("\t5", None), ("5\n", None), ("\u00a05", None),
         ("9" * 18, 10**18 - 1),
         ("9" * 19, None), ("1" + "0" * 18, None),
         ("-1", None), ("+1", None), ("abc", None), ("1a", None), ("4 2", None), ("1.0", None),
