@@ -3,7 +3,8 @@
 The order that gives no gap and no duplicate while publishes race with a reconnect:
 
 1. register the live stream with the hub first (it buffers from now on);
-2. read the user's state (newest id, unread) and send ``hello``;
+2. read the user's state (newest id, unread), let the transport start its response (the
+   SSE headers and ``retry:``, the WebSocket accept), then send ``hello``;
 3. replay from storage everything after the cursor, page by page, until a short page;
 4. then release the buffered live events, skipping any id already sent.
 
@@ -11,6 +12,13 @@ Every notification is either committed before step 3's last query (so storage ha
 dispatched after step 1 (so the buffer has it): the union is complete, and skipping ids
 ``<= last sent`` removes the overlap. The hub dispatches in commit (= id) order, so the
 buffer is ordered too. Without a cursor the stream starts live at ``hello.newest_id``.
+
+The response starts only after the state is read, not as soon as the stream is
+registered: a live start skips buffered ids up to ``newest_id``, so a notification
+committed between registering and reading the state would be skipped although the client
+may already have seen the headers (``EventSource.onopen``). Started after the read, the
+response promises exactly what the contract says: whatever commits after a client has
+seen the response start has an id above ``newest_id`` and reaches it.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ EXPIRY_WARNING = 60.0
 _CURSOR_RE = re.compile(r"[0-9]{1,18}")
 
 Send = Callable[[list[Outbound]], Awaitable[None]]
+Start = Callable[[], Awaitable[None]]
 
 
 def parse_cursor(value: str | None) -> int | None:
@@ -71,8 +80,13 @@ class Feed:
         """Why the hub closed the stream ("overflow", "shutdown"), if it did."""
         return None if self.stream is None else self.stream.close_reason
 
-    async def run(self, send: Send) -> str:
+    async def run(self, send: Send, start: Start | None = None) -> str:
         """Send hello, the replay, then live events until the token expires ("expired").
+
+        ``start`` starts the transport's response; it is awaited once the stream is
+        registered and the user's state read, before ``hello`` (see the module's notes).
+        Whatever fails before it (storage unavailable) leaves the response unstarted, so
+        the transport can still answer with an error.
 
         When the hub closes the stream (overflow, shutdown) the running task is cancelled,
         so a send blocked on a client that stopped reading is abandoned too; the caller
@@ -84,6 +98,9 @@ class Feed:
             assert task is not None
             stream.on_close = task.cancel
             newest, unread, pruned_through = await self.store.state(self.user)
+            if start is not None:
+                await start()
+                del start  # not kept for the life of the stream
             last = await self._start(send, stream, newest, unread, pruned_through)
             stream.replaying = False
             return await self._live(send, stream, last)

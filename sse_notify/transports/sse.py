@@ -1,9 +1,12 @@
 """``GET /events``: Server-Sent Events.
 
 Headers and the ``retry:`` field are flushed before anything else, so ``EventSource.onopen``
-fires at once. The feed runs in the request's task beside one watcher task that waits for
-the client to go away (:func:`~.asgi.run_feed`). Queued events are written in one chunk
-per wake-up, not one send per event.
+fires at once -- but only once the stream is subscribed and its user's state read (the
+feed calls back to start the response): whatever commits after a client has seen the
+headers reaches it. Storage failing before that is still answered with the JSON 503.
+The feed runs in the request's task beside one watcher task that waits for the client to
+go away (:func:`~.asgi.run_feed`). Queued events are written in one chunk per wake-up,
+not one send per event.
 """
 
 from __future__ import annotations
@@ -41,18 +44,29 @@ class SSEEndpoint:
         if admitted is None:
             return
         feed, slot, head = admitted
-        with slot:
+        retry = self.service.settings.retry
+        started = False
+
+        async def start() -> None:
+            nonlocal head, started
+            started = True
             await send(head)
-            await send({"type": "http.response.body", "body": sse_retry(self.service.settings.retry),
-                        "more_body": True})
-            del head
+            await send({"type": "http.response.body", "body": sse_retry(retry), "more_body": True})
+            head = None  # not kept for the life of the stream
 
-            async def write(events: list[Outbound]) -> None:
-                body = events[0].sse if len(events) == 1 else b"".join(e.sse for e in events)
-                await send({"type": "http.response.body", "body": body, "more_body": True})
+        async def write(events: list[Outbound]) -> None:
+            body = events[0].sse if len(events) == 1 else b"".join(e.sse for e in events)
+            await send({"type": "http.response.body", "body": body, "more_body": True})
 
-            if await run_feed(feed, write, _disconnected(receive)) != "gone":
-                await send_within(send, {"type": "http.response.body", "body": b"", "more_body": False})
+        with slot:
+            reason = await run_feed(feed, write, _disconnected(receive), start)
+        if reason == "gone":
+            return
+        if started:
+            await send_within(send, {"type": "http.response.body", "body": b"", "more_body": False})
+        else:  # storage failed (or the server began shutting down) before the stream started
+            await send_error(send, ApiError.unavailable("The stream could not start; try again."),
+                             _cors(head))
 
     async def _admit(self, scope: Scope, send: ASGISend) -> tuple[Feed, Slot, dict[str, Any]] | None:
         """Check the request and take a stream slot: the feed, the slot and the response
@@ -89,6 +103,11 @@ class SSEEndpoint:
             (b"x-accel-buffering", b"no"),
             *((k.lower().encode(), v.encode()) for k, v in cors),
         ]}
+
+
+def _cors(head: dict[str, Any]) -> list[tuple[str, str]]:
+    """The CORS headers of a response head, for an error answer sent instead."""
+    return [(k.decode(), v.decode()) for k, v in head["headers"] if k.startswith(b"access-control-")]
 
 
 async def _disconnected(receive: Receive) -> None:

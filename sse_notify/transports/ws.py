@@ -2,8 +2,12 @@
 
 Auth comes from ``Authorization: Bearer`` or ``?token=`` (cursor in ``?last_event_id=``),
 else from a first frame ``{"type": "auth", "token": ..., "last_event_id": ...}`` within
-10 s. Either way the upgrade is accepted first, so a failure can be explained in an
-``error`` frame before the ``4401`` close. After auth the feed runs in the connection's
+10 s. Either way the upgrade is accepted before any frame, so a failure can be explained in
+an ``error`` frame before the ``4401`` close. With the token on the request, a good token's
+upgrade is accepted only once the stream is subscribed (the feed calls back to accept, as
+``/events`` sends its headers), so a client's ``onopen`` means what ``auth_success`` means:
+whatever commits from then on reaches it. An auth frame needs the upgrade first; there
+``auth_success`` is that moment. After auth the feed runs in the connection's
 task while a receiver task answers the client's frames (``read``, ``ping``); bad frames
 get an error frame and the socket stays open. The receiver ending (the client closed)
 ends the feed (:func:`~.asgi.run_feed`).
@@ -18,7 +22,7 @@ import orjson
 
 from ..auth import bearer, verify_subscriber
 from ..errors import ApiError
-from ..feed import Feed, parse_cursor
+from ..feed import Feed, Start, parse_cursor
 from ..schemas import MarkReadBody, parse
 from ..service import Service
 from ..store import StoreUnavailable
@@ -47,33 +51,39 @@ class WebSocketEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: ASGISend) -> None:
         if (await receive())["type"] != "websocket.connect":
             return
-        await send({"type": "websocket.accept"})
+        accepted = False
+
+        async def accept() -> None:
+            nonlocal accepted
+            if not accepted:
+                accepted = True
+                await send({"type": "websocket.accept"})
+
         try:
-            await self._serve(scope, receive, send)
+            await self._serve(scope, receive, send, accept)
         except _Disconnected:
             pass
 
-    async def _serve(self, scope: Scope, receive: Receive, send: ASGISend) -> None:
+    async def _serve(self, scope: Scope, receive: Receive, send: ASGISend, accept: Start) -> None:
         headers, query = request_headers(scope), query_params(scope)
         try:
             topics = stream_topics(query)
         except ApiError as error:
-            await _send_error(send, error.code, error.message)
-            await send_within(send, {"type": "websocket.close", "code": 1008})
+            await _refuse(send, accept, error, 1008)
             return
         token = bearer(headers["authorization"]) if "authorization" in headers else query.get("token")
         raw_cursor: Any = query.get("last_event_id")
         if token is None:
+            await accept()
             token, raw_cursor = await self._auth_frame(receive, send)
         try:
             claims = verify_subscriber(self.service.signer, token)
         except ApiError as error:
-            await _send_error(send, error.code, error.message)
-            await send_within(send, {"type": "websocket.close", "code": 4401})
+            await _refuse(send, accept, error, 4401)
             return
         cursor = raw_cursor if type(raw_cursor) is int and raw_cursor >= 0 else parse_cursor(
             raw_cursor if isinstance(raw_cursor, str) else None)
-        await self._stream(receive, send, claims, topics, cursor)
+        await self._stream(receive, send, accept, claims, topics, cursor)
 
     async def _auth_frame(self, receive: Receive, send: ASGISend) -> tuple[str | None, Any]:
         """Wait for ``{"type": "auth", ...}``; None as the token means "no valid auth"."""
@@ -86,14 +96,13 @@ class WebSocketEndpoint:
             return None, None
         return frame["token"], frame.get("last_event_id")
 
-    async def _stream(self, receive: Receive, send: ASGISend, claims: Claims,
+    async def _stream(self, receive: Receive, send: ASGISend, accept: Start, claims: Claims,
                       topics: frozenset[str] | None, cursor: int | None) -> None:
         settings = self.service.settings
         try:
             slot = self.service.slots.take(claims.subject)
         except ApiError as error:
-            await _send_error(send, error.code, error.message)
-            await send_within(send, {"type": "websocket.close", "code": REFUSED_CODES[error.status]})
+            await _refuse(send, accept, error, REFUSED_CODES[error.status])
             return
         feed = Feed(self.service.hub, self.service.store, claims.subject, transport="ws",
                     topics=topics, cursor=cursor, expires_at=claims.expires_at,
@@ -105,8 +114,9 @@ class WebSocketEndpoint:
                     await send({"type": "websocket.send", "text": event.ws})
 
         with slot:
-            reason = await run_feed(feed, write, self._answer_frames(receive, send, claims.subject))
+            reason = await run_feed(feed, write, self._answer_frames(receive, send, claims.subject), accept)
         if reason != "gone":
+            await accept()  # if storage failed before the stream started: accept, then close
             await send_within(send, {"type": "websocket.close", "code": CLOSE_CODES.get(reason, 1011)})
 
     async def _answer_frames(self, receive: Receive, send: ASGISend, user: str) -> None:
@@ -152,6 +162,13 @@ async def _receive_json(receive: Receive) -> Any:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
         return _UNPARSEABLE
+
+
+async def _refuse(send: ASGISend, accept: Start, error: ApiError, close_code: int) -> None:
+    """Accept the upgrade (if not yet), explain ``error`` in a frame, close with ``close_code``."""
+    await accept()
+    await _send_error(send, error.code, error.message)
+    await send_within(send, {"type": "websocket.close", "code": close_code})
 
 
 async def _send_error(send: ASGISend, code: str, message: str) -> None:
