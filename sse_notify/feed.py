@@ -60,11 +60,12 @@ def parse_topics(value: str | None) -> frozenset[str] | None:
 
 class Feed:
     __slots__ = ("hub", "store", "user", "transport", "topics", "cursor", "expires_at",
-                 "heartbeat", "stream")
+                 "heartbeat", "stream", "start", "started")
 
     def __init__(self, hub: Hub, store: Store, user: str, *, transport: str,
                  topics: frozenset[str] | None = None, cursor: int | None = None,
-                 expires_at: float | None = None, heartbeat: float = 15.0):
+                 expires_at: float | None = None, heartbeat: float = 15.0,
+                 start: Start | None = None):
         self.hub = hub
         self.store = store
         self.user = user
@@ -74,33 +75,38 @@ class Feed:
         self.expires_at = expires_at
         self.heartbeat = heartbeat
         self.stream: Stream | None = None
+        #: Starts the transport's response (SSE headers and ``retry:``, the WebSocket
+        #: accept); called once, then dropped, so nothing it holds lives with the stream.
+        self.start = start
+        #: Whether the stream got as far as starting its response: if not (storage failed
+        #: before), the transport can still answer with an error.
+        self.started = False
 
     @property
     def close_reason(self) -> str | None:
         """Why the hub closed the stream ("overflow", "shutdown"), if it did."""
         return None if self.stream is None else self.stream.close_reason
 
-    async def run(self, send: Send, start: Start | None = None) -> str:
-        """Send hello, the replay, then live events until the token expires ("expired").
-
-        ``start`` starts the transport's response; it is awaited once the stream is
+    async def run(self, send: Send) -> str:
+        """Start the response, send hello, the replay, then live events until the token
+        expires ("expired"). The response is started (:attr:`start`) once the stream is
         registered and the user's state read, before ``hello`` (see the module's notes).
-        Whatever fails before it (storage unavailable) leaves the response unstarted, so
-        the transport can still answer with an error.
 
         When the hub closes the stream (overflow, shutdown) the running task is cancelled,
         so a send blocked on a client that stopped reading is abandoned too; the caller
         reads :attr:`close_reason`.
         """
+        start, self.start = self.start, None
         async with self.hub.subscribe(self.user, self.topics, self.transport) as stream:
             self.stream = stream
             task = asyncio.current_task()
             assert task is not None
             stream.on_close = task.cancel
             newest, unread, pruned_through = await self.store.state(self.user)
+            self.started = True
             if start is not None:
                 await start()
-                del start  # not kept for the life of the stream
+                del start
             last = await self._start(send, stream, newest, unread, pruned_through)
             stream.replaying = False
             return await self._live(send, stream, last)

@@ -11,7 +11,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from ..errors import ApiError
-from ..feed import Feed, Send, Start
+from ..feed import Feed, Send
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +62,9 @@ async def send_within(send: ASGISend, message: dict[str, Any], timeout: float = 
         pass
 
 
-async def run_feed(feed: Feed, write: Send, client: Awaitable[None], start: Start | None = None) -> str:
+async def run_feed(feed: Feed, write: Send, client: Awaitable[None]) -> str:
     """Run ``feed`` in the calling task while a second task runs ``client`` (it ends when
-    the client has gone); whichever ends first stops the other. ``start`` starts the
-    response once the stream is subscribed (:meth:`Feed.run`). Returns why the stream
+    the client has gone); whichever ends first stops the other. Returns why the stream
     ended: ``"gone"``, the hub's close reason (``"overflow"``, ``"shutdown"``), the feed's
     own end (``"expired"``), or ``"error"``.
 
@@ -87,7 +86,7 @@ async def run_feed(feed: Feed, write: Send, client: Awaitable[None], start: Star
     watcher = asyncio.ensure_future(client)
     watcher.add_done_callback(client_ended)
     try:
-        return await feed.run(write, start)
+        return await feed.run(write)
     except asyncio.CancelledError:
         if not gone and feed.close_reason is None:
             raise

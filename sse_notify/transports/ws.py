@@ -16,13 +16,14 @@ ends the feed (:func:`~.asgi.run_feed`).
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from typing import Any
 
 import orjson
 
 from ..auth import bearer, verify_subscriber
 from ..errors import ApiError
-from ..feed import Feed, Start, parse_cursor
+from ..feed import Feed, parse_cursor
 from ..schemas import MarkReadBody, parse
 from ..service import Service
 from ..store import StoreUnavailable
@@ -34,6 +35,7 @@ from .sse import stream_topics
 __all__ = ["WebSocketEndpoint"]
 
 AUTH_TIMEOUT = 10.0
+ACCEPT = {"type": "websocket.accept"}
 
 CLOSE_CODES = {"expired": 4401, "overflow": 1013, "shutdown": 1001}  # else 1011
 #: A stream refused by the limits: this user has too many (4429), the server is full (1013).
@@ -51,39 +53,32 @@ class WebSocketEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: ASGISend) -> None:
         if (await receive())["type"] != "websocket.connect":
             return
-        accepted = False
-
-        async def accept() -> None:
-            nonlocal accepted
-            if not accepted:
-                accepted = True
-                await send({"type": "websocket.accept"})
-
         try:
-            await self._serve(scope, receive, send, accept)
+            await self._serve(scope, receive, send)
         except _Disconnected:
             pass
 
-    async def _serve(self, scope: Scope, receive: Receive, send: ASGISend, accept: Start) -> None:
+    async def _serve(self, scope: Scope, receive: Receive, send: ASGISend) -> None:
         headers, query = request_headers(scope), query_params(scope)
         try:
             topics = stream_topics(query)
         except ApiError as error:
-            await _refuse(send, accept, error, 1008)
+            await _refuse(send, False, error, 1008)
             return
         token = bearer(headers["authorization"]) if "authorization" in headers else query.get("token")
         raw_cursor: Any = query.get("last_event_id")
-        if token is None:
-            await accept()
+        accepted = token is None
+        if accepted:  # auth by frame: the upgrade first
+            await send(ACCEPT)
             token, raw_cursor = await self._auth_frame(receive, send)
         try:
             claims = verify_subscriber(self.service.signer, token)
         except ApiError as error:
-            await _refuse(send, accept, error, 4401)
+            await _refuse(send, accepted, error, 4401)
             return
         cursor = raw_cursor if type(raw_cursor) is int and raw_cursor >= 0 else parse_cursor(
             raw_cursor if isinstance(raw_cursor, str) else None)
-        await self._stream(receive, send, accept, claims, topics, cursor)
+        await self._stream(receive, send, accepted, claims, topics, cursor)
 
     async def _auth_frame(self, receive: Receive, send: ASGISend) -> tuple[str | None, Any]:
         """Wait for ``{"type": "auth", ...}``; None as the token means "no valid auth"."""
@@ -96,17 +91,17 @@ class WebSocketEndpoint:
             return None, None
         return frame["token"], frame.get("last_event_id")
 
-    async def _stream(self, receive: Receive, send: ASGISend, accept: Start, claims: Claims,
+    async def _stream(self, receive: Receive, send: ASGISend, accepted: bool, claims: Claims,
                       topics: frozenset[str] | None, cursor: int | None) -> None:
         settings = self.service.settings
         try:
             slot = self.service.slots.take(claims.subject)
         except ApiError as error:
-            await _refuse(send, accept, error, REFUSED_CODES[error.status])
+            await _refuse(send, accepted, error, REFUSED_CODES[error.status])
             return
         feed = Feed(self.service.hub, self.service.store, claims.subject, transport="ws",
                     topics=topics, cursor=cursor, expires_at=claims.expires_at,
-                    heartbeat=settings.heartbeat)
+                    heartbeat=settings.heartbeat, start=None if accepted else partial(send, ACCEPT))
 
         async def write(events: list[Outbound]) -> None:
             for event in events:
@@ -114,9 +109,10 @@ class WebSocketEndpoint:
                     await send({"type": "websocket.send", "text": event.ws})
 
         with slot:
-            reason = await run_feed(feed, write, self._answer_frames(receive, send, claims.subject), accept)
+            reason = await run_feed(feed, write, self._answer_frames(receive, send, claims.subject))
         if reason != "gone":
-            await accept()  # if storage failed before the stream started: accept, then close
+            if not (accepted or feed.started):  # storage failed before the stream started
+                await send(ACCEPT)
             await send_within(send, {"type": "websocket.close", "code": CLOSE_CODES.get(reason, 1011)})
 
     async def _answer_frames(self, receive: Receive, send: ASGISend, user: str) -> None:
@@ -164,9 +160,11 @@ async def _receive_json(receive: Receive) -> Any:
         return _UNPARSEABLE
 
 
-async def _refuse(send: ASGISend, accept: Start, error: ApiError, close_code: int) -> None:
-    """Accept the upgrade (if not yet), explain ``error`` in a frame, close with ``close_code``."""
-    await accept()
+async def _refuse(send: ASGISend, accepted: bool, error: ApiError, close_code: int) -> None:
+    """Accept the upgrade (unless ``accepted``), explain ``error`` in a frame, close with
+    ``close_code``."""
+    if not accepted:
+        await send(ACCEPT)
     await _send_error(send, error.code, error.message)
     await send_within(send, {"type": "websocket.close", "code": close_code})
 
