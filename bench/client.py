@@ -9,6 +9,11 @@ accounting), and nothing else. The JSON is not decoded: the id and the timestamp
 out of the frame with ``bytes.find``, which keeps the client's cost per delivery a few
 microseconds so that it is not the bottleneck (its CPU is measured and reported).
 
+A stream counts as open -- and from then on every notification published must reach it,
+or it is counted lost -- as soon as its response starts (the SSE ``200`` head, the
+WebSocket ``101``), as a browser's ``onopen`` fires there, not only once ``hello`` has
+arrived (:func:`open_streams`).
+
 A :class:`Sink` is shared by all streams of a scenario; scenarios swap its latency list
 between ladder steps.
 """
@@ -77,7 +82,9 @@ class _Stream(asyncio.Protocol):
         self.sink = sink
         self.user = user
         self.transport: asyncio.Transport | None = None
-        self.ready: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.started: asyncio.Future[None] = loop.create_future()  # the response head arrived
+        self.ready: asyncio.Future[dict[str, Any]] = loop.create_future()  # hello arrived
         self.last_id = 0
         self.count = 0
         self.dups = 0
@@ -103,8 +110,13 @@ class _Stream(asyncio.Protocol):
         if not self.closed:
             self.closed = True
             self.sink.closed += 1
-        if not self.ready.done():
-            self.ready.set_exception(ConnectionError(f"{self.kind} stream closed before hello: {exc!r}"))
+        self._failed(ConnectionError(f"{self.kind} stream closed before hello: {exc!r}"))
+
+    def _failed(self, exc: Exception) -> None:
+        for future in (self.started, self.ready):
+            if not future.done():
+                future.set_exception(exc)
+                future.exception()  # retrieved: a stream awaited only until its start is no error
 
     def _got(self, nid: int, ts: float | None, now: float) -> None:
         if nid <= self.last_id:
@@ -155,10 +167,10 @@ class SSEStream(_Stream):
                 return
             status = head[9:12]
             if status != b"200":
-                if not self.ready.done():
-                    self.ready.set_exception(ConnectionError(f"/events answered {head[:end].decode(errors='replace')!r}"))
+                self._failed(ConnectionError(f"/events answered {head[:end].decode(errors='replace')!r}"))
                 self.close()
                 return
+            self.started.set_result(None)
             self._chunked = b"chunked" in head[:end].lower()
             self._in_body = True
             self._head = b""
@@ -236,10 +248,10 @@ class WSStream(_Stream):
                 self._buf = buf
                 return
             if buf[9:12] != b"101":
-                if not self.ready.done():
-                    self.ready.set_exception(ConnectionError(f"/ws answered {buf[:end].decode(errors='replace')!r}"))
+                self._failed(ConnectionError(f"/ws answered {buf[:end].decode(errors='replace')!r}"))
                 self.close()
                 return
+            self.started.set_result(None)
             self._upgraded = True
             buf = buf[end + 4:]
         pos, n = 0, len(buf)
@@ -272,7 +284,7 @@ class WSStream(_Stream):
                     self.hello = payload
                     self.ready.set_result({})
                 elif payload.startswith(b'{"type":"error"') and not self.ready.done():
-                    self.ready.set_exception(ConnectionError(f"/ws error frame {payload[:200]!r}"))
+                    self._failed(ConnectionError(f"/ws error frame {payload[:200]!r}"))
             elif opcode == 9:  # ping -> pong, masked as a client must
                 self._send(0xA, payload)
             elif opcode == 8:
@@ -293,9 +305,12 @@ class WSStream(_Stream):
 
 async def open_streams(kind: str, port: int, users: Sequence[str], tokens: Sequence[str],
                        sink: Sink, *, concurrency: int = 64, timeout: float = 120.0,
-                       cursor: int | None = None, host: str = "127.0.0.1") -> list[_Stream]:
-    """Open one stream per (user, token), ``concurrency`` handshakes at a time; every
-    stream has received its hello / auth_success when this returns."""
+                       cursor: int | None = None, host: str = "127.0.0.1",
+                       until: str = "start") -> list[_Stream]:
+    """Open one stream per (user, token), ``concurrency`` handshakes at a time. When this
+    returns, every stream's response has started (``until="start"``: what a browser takes
+    for "connected", so whatever is published from then on must reach every stream), or
+    every stream has received its hello / auth_success (``until="hello"``)."""
     loop = asyncio.get_running_loop()
     sem = asyncio.Semaphore(concurrency)
     cls = SSEStream if kind == "sse" else WSStream
@@ -314,7 +329,7 @@ async def open_streams(kind: str, port: int, users: Sequence[str], tokens: Seque
                     if attempt == 4:
                         raise
                     await asyncio.sleep(0.2 * (attempt + 1))
-            await asyncio.wait_for(asyncio.shield(proto.ready), 30)
+            await asyncio.wait_for(asyncio.shield(proto.ready if until == "hello" else proto.started), 30)
             return proto
 
     async with asyncio.timeout(timeout):

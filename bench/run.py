@@ -13,6 +13,12 @@ the scenarios; each scenario is bounded in time and prints one line of figures:
 * S4 replay: a subscriber misses 1,000 (10,000) events and reconnects with its cursor;
   time until all are received, none lost or duplicated.
 * S5 WebSocket fan-out: S2 over /ws.
+* S6 bulk: S3 with POSTs of 100 notifications (a JSON array), each to another user; the
+  highest rate of durable notifications/s with p99 < 1 s.
+
+A stream counts as open once its response has started (not only once its hello arrived),
+as a browser's does: from then on every notification must reach it, the warm-up's
+included, or it is counted lost.
 
 Results: ``bench/results/<stamp>.json`` (git-ignored) and, for a full run,
 ``bench/RESULTS.md`` and ``bench/latency.png``.
@@ -46,7 +52,7 @@ from bench.servers import (  # noqa: E402
     BENCH_DIR, PeerServer, Server, SSENotifyServer, ensure_peer_installed, proc_run_wait_seconds,
 )
 
-SCENARIOS = ("S1", "S2", "S3", "S4", "S5")
+SCENARIOS = ("S1", "S2", "S3", "S4", "S5", "S6")
 P99_LIMIT = 1.0  # seconds
 
 TARGETS = {
@@ -55,6 +61,7 @@ TARGETS = {
     "S3": ">= 5,000 durable targeted publishes/s (p99 < 1 s)",
     "S4": "1,000 missed events replayed in < 50 ms, 0 lost/dup",
     "S5": ">= 0.8x S2 (same subscriber counts)",
+    "S6": ">= 50,000 durable notifications/s in bulk POSTs of 100 (p99 < 1 s)",
 }
 
 
@@ -67,6 +74,7 @@ class Plan:
     fanout_ladder: list[int]  # offered deliveries/s
     targeted_users: int
     targeted_ladder: list[int]  # offered publishes/s
+    bulk_ladder: list[int]  # offered notifications/s, in POSTs of BULK
     replay: list[tuple[int, int]]  # (missed events, repetitions)
     step_s: float
     drain_s: float
@@ -81,6 +89,7 @@ class Plan:
                    fanout_ladder=[5000, 10000, 20000, 30000, 40000, 60000, 80000, 100000, 150000, 200000],
                    targeted_users=1000,
                    targeted_ladder=[500, 1000, 2000, 3000, 4000, 5000, 6000, 8000, 10000],
+                   bulk_ladder=[5000, 10000, 20000, 30000, 40000, 50000, 60000, 80000, 100000],
                    replay=[(1000, 5), (10000, 3)], step_s=5.0, drain_s=5.0, refine=2,
                    settle_s=2.0, scenario_budget_s=900.0)
 
@@ -88,13 +97,15 @@ class Plan:
     def quick(cls) -> Plan:
         return cls(s1_levels=[500, 2000], fanout_subs=[500, 2000],
                    fanout_ladder=[5000, 20000, 40000, 60000, 80000, 100000], targeted_users=200,
-                   targeted_ladder=[250, 1000, 2000, 3000, 4000, 5000], replay=[(1000, 3)],
+                   targeted_ladder=[250, 1000, 2000, 3000, 4000, 5000],
+                   bulk_ladder=[5000, 20000, 40000, 60000], replay=[(1000, 3)],
                    step_s=2.0, drain_s=3.0, refine=0, settle_s=1.0, scenario_budget_s=240.0)
 
     @classmethod
     def smoke(cls) -> Plan:
         return cls(s1_levels=[20], fanout_subs=[20], fanout_ladder=[200, 1000],
-                   targeted_users=20, targeted_ladder=[50, 200], replay=[(200, 1)],
+                   targeted_users=20, targeted_ladder=[50, 200], bulk_ladder=[200, 1000],
+                   replay=[(200, 1)],
                    step_s=0.6, drain_s=3.0, refine=0, settle_s=0.2, scenario_budget_s=30.0,
                    warmup_s=0.3)
 
@@ -163,8 +174,10 @@ class Ctx:
     def publisher_token(self) -> str:
         return self.signer.publisher("bench")
 
-    async def streams(self, kind: str, users: Sequence[str], sink: Sink, cursor: int | None = None) -> list[_Stream]:
-        return await open_streams(kind, self.port, users, self.tokens(users), sink, cursor=cursor)
+    async def streams(self, kind: str, users: Sequence[str], sink: Sink, cursor: int | None = None,
+                      until: str = "start") -> list[_Stream]:
+        """Open streams; they count as open once their response started (see open_streams)."""
+        return await open_streams(kind, self.port, users, self.tokens(users), sink, cursor=cursor, until=until)
 
 
 def close_streams(streams: Sequence[_Stream]) -> None:
@@ -187,7 +200,7 @@ async def drain(sink: Sink, want: int, timeout: float) -> bool:
 async def s1_idle(ctx: Ctx) -> dict[str, Any]:
     plan = ctx.plan
     sink = Sink()
-    warm = await ctx.streams("sse", [f"warm{i}" for i in range(10)], sink)
+    warm = await ctx.streams("sse", [f"warm{i}" for i in range(10)], sink, until="hello")
     close_streams(warm)
     await asyncio.sleep(plan.settle_s)
     rss0 = ctx.server.rss_kib()
@@ -198,7 +211,7 @@ async def s1_idle(ctx: Ctx) -> dict[str, Any]:
     try:
         for level in plan.s1_levels:
             t0 = time.monotonic()
-            streams += await ctx.streams("sse", users[len(streams):level], sink)
+            streams += await ctx.streams("sse", users[len(streams):level], sink, until="hello")
             opened = level - (len(levels) and levels[-1]["streams"] or 0)
             connect_rate = opened / (time.monotonic() - t0)
             await asyncio.sleep(plan.settle_s)
@@ -355,16 +368,21 @@ async def fanout(ctx: Ctx, kind: str, subscribers: int) -> dict[str, Any]:
             ack_ms={k: ms(v) for k, v in percentiles(res.ack).items()}, cpu=cpu))
 
     try:
+        # The warm-up's broadcasts start as soon as the last stream's response started:
+        # its latencies are not recorded, but a stream that misses one of them is a loss.
         delivered0 = sink.delivered
-        warm = await drive(pub, min(20.0, 5000 / subscribers), plan.warmup_s, body)  # not recorded
+        warm = await drive(pub, min(20.0, 5000 / subscribers), plan.warmup_s, body)
         await drain(sink, delivered0 + warm.ok * subscribers, plan.drain_s)
+        lost_at_open = sum(max(0, warm.ok - s.count) for s in streams)
+        if lost_at_open:
+            ctx.log(f"  {label}: {lost_at_open} deliveries lost right after the streams opened")
         steps = await run_ladder(ctx, plan.fanout_ladder, step, label)
     finally:
         gc.unfreeze()
         await pub.close()
         close_streams(streams)
     best = _best(steps)
-    lost = sum(s.lost for s in steps)
+    lost = lost_at_open + sum(s.lost for s in steps)
     dup = sum(s.dup for s in steps)
     return {"subscribers": subscribers, "transport": kind, "steps": [asdict(s) for s in steps],
             "best_deliveries_per_s": best.achieved if best else 0,
@@ -372,7 +390,7 @@ async def fanout(ctx: Ctx, kind: str, subscribers: int) -> dict[str, Any]:
             "best_p99_ms": best.lat_ms.get("p99") if best else None,
             "best_p50_ms": best.lat_ms.get("p50") if best else None,
             "lost_passing": sum(s.lost for s in steps if s.ok), "dup_passing": sum(s.dup for s in steps if s.ok),
-            "lost_all": lost, "dup_all": dup, "open_s": round(open_s, 2),
+            "lost_all": lost, "lost_at_open": lost_at_open, "dup_all": dup, "open_s": round(open_s, 2),
             "server_cpu": best.cpu["server_cpu"] if best else None,
             "client_cpu": best.cpu["client_cpu"] if best else None,
             "client_cpu_max": max((s.cpu["client_cpu"] for s in steps), default=None)}
@@ -383,7 +401,8 @@ def _fanout_line(name: str, results: list[dict[str, Any]]) -> str:
     for r in results:
         parts.append(f"{r['subscribers']:,} subs: {r['best_deliveries_per_s']:,} deliveries/s "
                      f"(p50 {r['best_p50_ms']} ms, p99 {r['best_p99_ms']} ms; lost {r['lost_passing']} "
-                     f"dup {r['dup_passing']}; over all steps lost {r['lost_all']} dup {r['dup_all']}; "
+                     f"dup {r['dup_passing']}; over all steps and the warm-up lost {r['lost_all']} "
+                     f"dup {r['dup_all']}; "
                      f"server CPU {r['server_cpu']}%, client CPU {r['client_cpu']}% "
                      f"(max {r['client_cpu_max']}%))")
     return f"{name}: " + " | ".join(parts)
@@ -402,69 +421,102 @@ async def s5_websocket(ctx: Ctx) -> dict[str, Any]:
     return await s2_broadcast(ctx, "ws")
 
 
+BULK = 100  # notifications per POST in S6
+
+
 async def s3_targeted(ctx: Ctx) -> dict[str, Any]:
+    return await _targeted(ctx, "S3", 1, ctx.plan.targeted_ladder)
+
+
+async def s6_bulk(ctx: Ctx) -> dict[str, Any]:
+    return await _targeted(ctx, "S6", BULK, ctx.plan.bulk_ladder)
+
+
+async def _targeted(ctx: Ctx, name: str, per_post: int, ladder: Sequence[int]) -> dict[str, Any]:
+    """Targeted publishes to users with one SSE stream each: one notification per POST
+    (S3), or a bulk array of ``per_post`` notifications per POST, each to another user
+    (S6). The ladder is in durable notifications/s (each answered 201 after its commit)."""
     plan = ctx.plan
     sink = Sink()
     n = plan.targeted_users
     users = [f"user{i}" for i in range(n)]
     streams = await ctx.streams("sse", users, sink)
     pub = await Publisher(ctx.port, ctx.publisher_token(), connections=64).open()
-    bodies = [b'{"user":"%s","title":"bench","data":{"ts":' % u.encode() for u in users]
+    heads = [b'{"user":"%s","title":"bench","data":{"ts":' % u.encode() for u in users]
     gc.collect()
     gc.freeze()
 
+    def targets(i: int) -> range:
+        return range(i * per_post, (i + 1) * per_post)  # user indexes, modulo n
+
     def body(i: int, ts: float) -> bytes:
-        return bodies[i % n] + b"%.6f}}" % ts
+        tail = b"%.6f}}" % ts
+        if per_post == 1:
+            return heads[i % n] + tail
+        return b"[" + b",".join(heads[k % n] + tail for k in targets(i)) + b"]"
+
+    def counter(expected: list[int]) -> Callable[[int, bytes], None]:
+        def on_ok(i: int, payload: bytes) -> None:
+            for k in targets(i):
+                expected[k % n] += 1
+        return on_ok
 
     async def step(offered: float) -> Step:
         expected = [0] * n
-
-        def on_ok(i: int, payload: bytes) -> None:
-            expected[i % n] += 1
-
+        rate = offered / per_post  # POSTs/s
         sink.take()
         delivered0, closed0 = sink.delivered, sink.closed
         counts0 = [s.count for s in streams]
         dups0 = sum(s.dups for s in streams)
         meter = Meter(ctx.server)
-        res = await drive(pub, offered, plan.step_s, body, on_ok)
-        drained = await drain(sink, delivered0 + res.ok, plan.drain_s)
+        res = await drive(pub, rate, plan.step_s, body, counter(expected))
+        published = res.ok * per_post
+        drained = await drain(sink, delivered0 + published, plan.drain_s)
         cpu = meter.read()
         lat = sink.take()
         lost = sum(max(0, e - (s.count - c0)) for s, c0, e in zip(streams, counts0, expected))
-        window = res.issued / offered if res.issued else plan.step_s
+        window = res.issued / rate if res.issued else plan.step_s
         return _verdict(Step(
-            offered=offered, publish_rate=offered, published=res.ok, expected=res.ok,
+            offered=offered, publish_rate=rate, published=published, expected=published,
             received=sink.delivered - delivered0, lost=lost, dup=sum(s.dups for s in streams) - dups0,
             closed=sink.closed - closed0, errors=res.errors, error_samples=res.error_samples[:3], overloaded=res.overloaded, drained=drained,
-            achieved=round(res.ok / window), lat_ms={k: ms(v) for k, v in percentiles(lat).items()},
+            achieved=round(published / window), lat_ms={k: ms(v) for k, v in percentiles(lat).items()},
             ack_ms={k: ms(v) for k, v in percentiles(res.ack).items()}, cpu=cpu))
 
     try:
-        delivered0 = sink.delivered
-        warm = await drive(pub, 100, plan.warmup_s, body)  # warm-up, not recorded
-        await drain(sink, delivered0 + warm.ok, plan.drain_s)
-        steps = await run_ladder(ctx, plan.targeted_ladder, step, "S3")
+        # Not recorded, but it starts as soon as the streams' responses started: a stream
+        # that misses one of its notifications is a loss.
+        expected_warm = [0] * n
+        warm = await drive(pub, max(1.0, 100 / per_post), plan.warmup_s, body, counter(expected_warm))
+        await drain(sink, warm.ok * per_post, plan.drain_s)
+        lost_at_open = sum(max(0, e - s.count) for s, e in zip(streams, expected_warm))
+        if lost_at_open:
+            ctx.log(f"  {name}: {lost_at_open} deliveries lost right after the streams opened")
+        steps = await run_ladder(ctx, ladder, step, name)
     finally:
         gc.unfreeze()
         await pub.close()
         close_streams(streams)
     best = _best(steps)
-    result = {"users": n, "steps": [asdict(s) for s in steps],
-              "best_publishes_per_s": best.achieved if best else 0,
+    figure = "publishes" if per_post == 1 else "notifications"
+    result = {"users": n, "per_post": per_post, "steps": [asdict(s) for s in steps],
+              f"best_{figure}_per_s": best.achieved if best else 0,
               "best_offered": best.offered if best else 0,
               "best_p99_ms": best.lat_ms.get("p99") if best else None,
               "best_p50_ms": best.lat_ms.get("p50") if best else None,
               "best_ack_p99_ms": best.ack_ms.get("p99") if best else None,
               "lost_passing": sum(s.lost for s in steps if s.ok), "dup_passing": sum(s.dup for s in steps if s.ok),
-              "lost_all": sum(s.lost for s in steps), "dup_all": sum(s.dup for s in steps),
+              "lost_all": lost_at_open + sum(s.lost for s in steps), "lost_at_open": lost_at_open,
+              "dup_all": sum(s.dup for s in steps),
               "server_cpu": best.cpu["server_cpu"] if best else None,
               "client_cpu": best.cpu["client_cpu"] if best else None,
               "client_cpu_max": max((s.cpu["client_cpu"] for s in steps), default=None)}
-    result["line"] = (f"S3 targeted ({n:,} users): {result['best_publishes_per_s']:,} durable publishes/s "
-                      f"(p50 {result['best_p50_ms']} ms, p99 {result['best_p99_ms']} ms, 201 p99 "
+    what = (f"S3 targeted ({n:,} users): {result['best_publishes_per_s']:,} durable publishes/s" if per_post == 1
+            else f"S6 bulk ({n:,} users, POSTs of {per_post}): {result['best_notifications_per_s']:,} "
+                 f"durable notifications/s")
+    result["line"] = (f"{what} (p50 {result['best_p50_ms']} ms, p99 {result['best_p99_ms']} ms, 201 p99 "
                       f"{result['best_ack_p99_ms']} ms; lost {result['lost_passing']} dup {result['dup_passing']}; "
-                      f"over all steps lost {result['lost_all']} dup {result['dup_all']}; "
+                      f"over all steps and the warm-up lost {result['lost_all']} dup {result['dup_all']}; "
                       f"server CPU {result['server_cpu']}%, client CPU {result['client_cpu']}% "
                       f"(max {result['client_cpu_max']}%))")
     return result
@@ -482,7 +534,7 @@ async def s4_replay(ctx: Ctx) -> dict[str, Any]:
     try:
         for missed, reps in ctx.plan.replay:
             for rep in range(reps):
-                [live] = await ctx.streams("sse", [user], sink)
+                [live] = await ctx.streams("sse", [user], sink, until="hello")  # for its newest_id
                 cursor = json.loads(live.hello)["newest_id"]
                 live.close()
                 answers = await asyncio.gather(*(pub.post(body) for _ in range(missed)))
@@ -492,7 +544,7 @@ async def s4_replay(ctx: Ctx) -> dict[str, Any]:
                         published.extend(json.loads(payload)["ids"])
                 loop = asyncio.get_running_loop()
                 t0 = time.time()
-                [again] = await ctx.streams("sse", [user], sink, cursor=cursor)
+                [again] = await ctx.streams("sse", [user], sink, cursor=cursor, until="hello")
                 t_hello = time.time()
                 deadline = loop.time() + 30
                 while again.count < len(published) and loop.time() < deadline and not again.closed:
@@ -528,7 +580,8 @@ async def s4_replay(ctx: Ctx) -> dict[str, Any]:
     return {"runs": runs, "by_size": by_size, "line": line}
 
 
-SCENARIO_FUNCS = {"S1": s1_idle, "S2": s2_broadcast, "S3": s3_targeted, "S4": s4_replay, "S5": s5_websocket}
+SCENARIO_FUNCS = {"S1": s1_idle, "S2": s2_broadcast, "S3": s3_targeted, "S4": s4_replay, "S5": s5_websocket,
+                  "S6": s6_bulk}
 
 
 # -- the run -------------------------------------------------------------------------------------
@@ -629,6 +682,9 @@ def ratio_lines(ours: dict[str, Any], peer: dict[str, Any]) -> dict[str, Any]:
                 out[f"{name} deliveries/s at {a['subscribers']:,}"] = r(a["best_deliveries_per_s"], b["best_deliveries_per_s"])
     if "S3" in ours and "S3" in peer and "error" not in ours["S3"] and "error" not in peer["S3"]:
         out["S3 publishes/s"] = r(ours["S3"]["best_publishes_per_s"], peer["S3"]["best_publishes_per_s"])
+    if "S6" in ours and "S6" in peer and "error" not in ours["S6"] and "error" not in peer["S6"]:
+        out["S6 notifications/s in bulk"] = r(ours["S6"]["best_notifications_per_s"],
+                                              peer["S6"]["best_notifications_per_s"])
     if "S4" in ours and "S4" in peer and "error" not in ours["S4"] and "error" not in peer["S4"]:
         for a, b in zip(ours["S4"]["by_size"], peer["S4"]["by_size"]):
             out[f"S4 replay time {a['missed']:,} (lower is better)"] = r(a["median_ms"], b["median_ms"])
@@ -641,7 +697,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     size.add_argument("--quick", action="store_true", help="smaller sizes, short steps (~3 min with the peer)")
     size.add_argument("--smoke", action="store_true", help="tiny sizes, seconds; for the test suite")
     p.add_argument("--scenario", default="all",
-                   help="comma-separated subset of S1,S2,S3,S4,S5 (default: all)")
+                   help="comma-separated subset of S1,S2,S3,S4,S5,S6 (default: all)")
     p.add_argument("--no-peer", dest="peer", action="store_false", help="skip the Node peer server")
     p.add_argument("--peer-only", action="store_true", help="run only the peer (client sanity check)")
     p.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin server and client to cores")

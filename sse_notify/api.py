@@ -29,7 +29,7 @@ from .metrics import CONTENT_TYPE, render_metrics
 from .models import MAX_ID, iso_ms
 from .openapi import PUBLISHER, SUBSCRIBER, errors
 from .schemas import (
-    HealthResponse, HistoryQuery, HistoryResponse, IdsResponse, MarkReadBody, PublishBody,
+    HealthResponse, HistoryQuery, HistoryResponse, MarkReadBody, PublishAnswer, PublishRequest,
     TokenBody, TokenResponse, UpdatedResponse, decode_body, parse,
 )
 from .service import Service
@@ -59,9 +59,9 @@ def _subscriber() -> str:
 
 @api.post("/notifications")
 @security_scheme(PUBLISHER)
-@document_request(PublishBody)
-@document_response(IdsResponse, 201)
-@document_response(IdsResponse, 200)  # an Idempotency-Key repeat: the first answer's ids
+@document_request(PublishRequest)  # one notification, or (bulk) an array of them
+@document_response(PublishAnswer, 201)
+@document_response(PublishAnswer, 200)  # an Idempotency-Key repeat: the first answer's ids
 @errors(400, 401, 413, 422, 429, 503)
 async def publish() -> Response:
     """Publish a notification

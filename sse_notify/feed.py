@@ -3,7 +3,8 @@
 The order that gives no gap and no duplicate while publishes race with a reconnect:
 
 1. register the live stream with the hub first (it buffers from now on);
-2. read the user's state (newest id, unread) and send ``hello``;
+2. read the user's state (newest id, unread), let the transport start its response (the
+   SSE headers and ``retry:``, the WebSocket accept), then send ``hello``;
 3. replay from storage everything after the cursor, page by page, until a short page;
 4. then release the buffered live events, skipping any id already sent.
 
@@ -11,6 +12,13 @@ Every notification is either committed before step 3's last query (so storage ha
 dispatched after step 1 (so the buffer has it): the union is complete, and skipping ids
 ``<= last sent`` removes the overlap. The hub dispatches in commit (= id) order, so the
 buffer is ordered too. Without a cursor the stream starts live at ``hello.newest_id``.
+
+The response starts only after the state is read, not as soon as the stream is
+registered: a live start skips buffered ids up to ``newest_id``, so a notification
+committed between registering and reading the state would be skipped although the client
+may already have seen the headers (``EventSource.onopen``). Started after the read, the
+response promises exactly what the contract says: whatever commits after a client has
+seen the response start has an id above ``newest_id`` and reaches it.
 """
 
 from __future__ import annotations
@@ -31,13 +39,14 @@ EXPIRY_WARNING = 60.0
 _CURSOR_RE = re.compile(r"[0-9]{1,18}")
 
 Send = Callable[[list[Outbound]], Awaitable[None]]
+Start = Callable[[], Awaitable[None]]
 
 
 def parse_cursor(value: str | None) -> int | None:
-    """A valid cursor is 1-18 digits; anything else means "start live"."""
+    """A valid cursor is 1-18 digits; anything else -- surrounding whitespace included --
+    means "start live"."""
     if value is None:
         return None
-    value = value.strip()
     return int(value) if _CURSOR_RE.fullmatch(value) else None
 
 
@@ -51,11 +60,12 @@ def parse_topics(value: str | None) -> frozenset[str] | None:
 
 class Feed:
     __slots__ = ("hub", "store", "user", "transport", "topics", "cursor", "expires_at",
-                 "heartbeat", "stream")
+                 "heartbeat", "stream", "start", "started")
 
     def __init__(self, hub: Hub, store: Store, user: str, *, transport: str,
                  topics: frozenset[str] | None = None, cursor: int | None = None,
-                 expires_at: float | None = None, heartbeat: float = 15.0):
+                 expires_at: float | None = None, heartbeat: float = 15.0,
+                 start: Start | None = None):
         self.hub = hub
         self.store = store
         self.user = user
@@ -65,6 +75,12 @@ class Feed:
         self.expires_at = expires_at
         self.heartbeat = heartbeat
         self.stream: Stream | None = None
+        #: Starts the transport's response (SSE headers and ``retry:``, the WebSocket
+        #: accept); called once, then dropped, so nothing it holds lives with the stream.
+        self.start = start
+        #: Whether the stream got as far as starting its response: if not (storage failed
+        #: before), the transport can still answer with an error.
+        self.started = False
 
     @property
     def close_reason(self) -> str | None:
@@ -72,18 +88,25 @@ class Feed:
         return None if self.stream is None else self.stream.close_reason
 
     async def run(self, send: Send) -> str:
-        """Send hello, the replay, then live events until the token expires ("expired").
+        """Start the response, send hello, the replay, then live events until the token
+        expires ("expired"). The response is started (:attr:`start`) once the stream is
+        registered and the user's state read, before ``hello`` (see the module's notes).
 
         When the hub closes the stream (overflow, shutdown) the running task is cancelled,
         so a send blocked on a client that stopped reading is abandoned too; the caller
         reads :attr:`close_reason`.
         """
+        start, self.start = self.start, None
         async with self.hub.subscribe(self.user, self.topics, self.transport) as stream:
             self.stream = stream
             task = asyncio.current_task()
             assert task is not None
             stream.on_close = task.cancel
             newest, unread, pruned_through = await self.store.state(self.user)
+            self.started = True
+            if start is not None:
+                await start()
+                del start
             last = await self._start(send, stream, newest, unread, pruned_through)
             stream.replaying = False
             return await self._live(send, stream, last)

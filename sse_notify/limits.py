@@ -75,16 +75,27 @@ class PublishRate:
         self._clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}  # name -> (tokens, as of)
 
-    def spend(self, publisher: str) -> None:
-        """Take one publish from ``publisher``'s bucket, or refuse with 429 + Retry-After."""
-        if not self.rate:
+    def spend(self, publisher: str, count: int = 1) -> None:
+        """Take ``count`` publishes from ``publisher``'s bucket, all or none, or refuse
+        with 429 + Retry-After. More than the burst at once can never pass: refused
+        with 429 and no Retry-After."""
+        if not self.rate or count <= 0:
             return
+        if count > self.burst:
+            raise ApiError(429, "rate_limited", f"This publisher may publish at most {self.burst} "
+                           f"at once; send {count} in smaller parts.")
         now = self._clock()
         tokens, as_of = self._buckets.get(publisher, (self.burst, now))
         tokens = min(self.burst, tokens + (now - as_of) * self.rate)
-        if tokens < 1:
+        if tokens < count:
             self._buckets[publisher] = (tokens, now)
-            wait = math.ceil((1 - tokens) / self.rate)
+            wait = math.ceil((count - tokens) / self.rate)
             raise ApiError(429, "rate_limited", f"This publisher may publish {self.rate:g} "
                            f"times per second; retry in {wait} s.", {"Retry-After": str(wait)})
-        self._buckets[publisher] = (tokens - 1, now)
+        self._buckets[publisher] = (tokens - count, now)
+
+    def refund(self, publisher: str, count: int = 1) -> None:
+        """Give back ``count`` publishes spent for a request that was then refused."""
+        if self.rate and publisher in self._buckets:
+            tokens, as_of = self._buckets[publisher]
+            self._buckets[publisher] = (min(self.burst, tokens + count), as_of)

@@ -13,7 +13,8 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
 from pydantic import (
-    BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator,
+    BaseModel, ConfigDict, Field, RootModel, StringConstraints, ValidationError, field_validator,
+    model_validator,
 )
 
 from .errors import ApiError
@@ -22,12 +23,14 @@ from .models import MAX_ID, NotificationDraft
 __all__ = [
     "ErrorBody", "HealthResponse", "HistoryQuery", "HistoryResponse", "IdsResponse", "MarkReadBody",
     "NotificationOut", "PublishBody", "TokenBody", "TokenResponse", "UpdatedResponse",
-    "decode_body", "parse",
+    "BulkIdsResponse", "MAX_BULK", "PublishAnswer", "PublishRequest",
+    "decode_body", "parse", "parse_bulk",
 ]
 
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._@:-]{1,128}$")]
 Id = Annotated[int, Field(ge=1, le=MAX_ID)]
 MAX_USERS = 1000
+MAX_BULK = 1000  # notification bodies in one bulk publish
 MAX_READ_IDS = 1000
 MAX_TOKEN_TTL = 366 * 86400
 #: How deeply ``data`` may nest: it is re-encoded inside other JSON up to three levels
@@ -77,6 +80,12 @@ class PublishBody(_Strict):
                 for user in recipients]
 
 
+class PublishRequest(RootModel[PublishBody | Annotated[list[PublishBody],
+                                                      Field(min_length=1, max_length=MAX_BULK)]]):
+    """One notification, or (bulk) an array of 1 to 1000 of them, validated first and
+    stored in one commit."""  # the OpenAPI description; requests go through parse/parse_bulk
+
+
 class MarkReadBody(_Strict):
     ids: list[Id] | None = Field(None, min_length=1, max_length=MAX_READ_IDS)
     all: Literal[True] | None = None
@@ -120,6 +129,14 @@ class HistoryResponse(BaseModel):
 
 class IdsResponse(BaseModel):
     ids: list[int]
+
+
+class BulkIdsResponse(BaseModel):
+    results: list[IdsResponse]  # one per element of the bulk body, in order
+
+
+class PublishAnswer(RootModel[IdsResponse | BulkIdsResponse]):
+    """The ids stored; for an array body, one {"ids": [...]} per element, in order."""
 
 
 class UpdatedResponse(BaseModel):
@@ -184,14 +201,24 @@ def _depth_within(value: Any, limit: int) -> bool:
     return True
 
 
-def parse(model: type[M], data: Any) -> M:
-    """Validate decoded JSON against ``model``; a violation is a 422 naming the field."""
+def parse(model: type[M], data: Any, at: str = "") -> M:
+    """Validate decoded JSON against ``model``; a violation is a 422 naming the field
+    (prefixed by ``at``, where in the body ``data`` is, e.g. ``[3]``)."""
     if not isinstance(data, dict):
-        raise ApiError.invalid("The request body must be a JSON object.")
+        raise ApiError.invalid(f"{at}: must be a JSON object." if at else "The request body must be a JSON object.")
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
-        where = ".".join(str(part) for part in first["loc"])
+        parts = [str(part) for part in first["loc"]]
+        where = ".".join([at, *parts] if at else parts)
         message = first["msg"].removeprefix("Value error, ")
         raise ApiError.invalid(f"{where}: {message}" if where else message) from None
+
+
+def parse_bulk(data: list[Any]) -> list[PublishBody]:
+    """A bulk publish body: 1 to :data:`MAX_BULK` notification bodies, each validated like
+    a single one; the first invalid one is a 422 naming its index (``[3].title: ...``)."""
+    if not 1 <= len(data) <= MAX_BULK:
+        raise ApiError.invalid(f"A bulk publish holds 1 to {MAX_BULK} notifications, not {len(data)}.")
+    return [parse(PublishBody, item, f"[{index}]") for index, item in enumerate(data)]

@@ -18,7 +18,7 @@ from .follower import Follower
 from .hub import Hub
 from .limits import PublishRate, StreamSlots
 from .models import NotificationDraft, ReadChange, now_ms
-from .store import PublishResult, Store, open_store
+from .store import BulkPublishResult, PublishResult, Store, open_store
 from .tokens import TokenSigner
 
 __all__ = ["Service"]
@@ -95,6 +95,14 @@ class Service:
         result = await self.store.add(drafts, publisher, idempotency_key)
         if result.created:
             self.published += len(result.ids)
+        return result
+
+    async def publish_many(self, requests: Sequence[Sequence[NotificationDraft]], publisher: str,
+                           idempotency_key: str | None = None) -> BulkPublishResult:
+        """A bulk publish: every request's drafts in one commit, one id list per request."""
+        result = await self.store.add_many(requests, publisher, idempotency_key)
+        if result.created:
+            self.published += sum(map(len, result.results))
         return result
 
     async def mark_read(self, user: str, ids: Sequence[int] | None) -> list[int]:

@@ -4,6 +4,12 @@ An :class:`Outbound` is encoded once and shared by every stream it is delivered 
 notification's JSON is produced once per publish, and its SSE frame and WebSocket text are
 derived from that one encoding on first use (lazily, so a server with no WebSocket
 clients never builds WebSocket frames).
+
+Every JSON payload a stream carries escapes U+2028, U+2029 and U+0085 (``\\u2028``, ...)
+instead of sending them raw (:func:`encode_json`): they are valid inside JSON strings, but
+some SSE clients (Python's ``str.splitlines``, as httpx-sse uses) take them for line
+breaks and cut the event apart. Browsers accept both forms. HTTP answers (history, ...)
+are whole JSON documents, read by JSON parsers, and keep them raw.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from .models import Notification, ReadChange, iso_ms
 __all__ = [
     "KEEPALIVE",
     "Outbound",
+    "encode_json",
     "hello",
     "read_event",
     "sse_comment",
@@ -56,8 +63,23 @@ def _single_line(text: str) -> bytes:
     return text.encode()
 
 
+#: Characters that JSON leaves raw in strings but line-splitting readers break lines at.
+_LINE_BREAKERS = ((b"\xe2\x80\xa8", b"\\u2028"), (b"\xe2\x80\xa9", b"\\u2029"),
+                  (b"\xc2\x85", b"\\u0085"))
+
+
+def encode_json(value: Any) -> bytes:
+    """``value`` as compact JSON, with U+2028, U+2029 and U+0085 escaped. (In UTF-8 their
+    bytes cannot occur inside any other character, so a bytes replace is exact.)"""
+    raw = orjson.dumps(value)
+    if b"\xe2\x80" in raw or b"\xc2\x85" in raw:  # one cheap test for the common case
+        for char, escape in _LINE_BREAKERS:
+            raw = raw.replace(char, escape)
+    return raw
+
+
 def ws_frame(type_: str, fields: dict[str, Any]) -> str:
-    return orjson.dumps({"type": type_, **fields}).decode()
+    return encode_json({"type": type_, **fields}).decode()
 
 
 class Outbound:
@@ -82,7 +104,7 @@ class Outbound:
 
     @classmethod
     def notification(cls, n: Notification) -> Outbound:
-        return cls("notification", orjson.dumps(n.to_dict(read=False)), n.id, n.topic, n.user)
+        return cls("notification", encode_json(n.to_dict(read=False)), n.id, n.topic, n.user)
 
     @property
     def sse(self) -> bytes:
@@ -103,17 +125,17 @@ class Outbound:
 
 
 def hello(user: str, newest_id: int, unread: int, replay: str) -> Outbound:
-    return Outbound("hello", orjson.dumps(
+    return Outbound("hello", encode_json(
         {"user": user, "newest_id": newest_id, "unread": unread, "replay": replay}),
         ws_type="auth_success")
 
 
 def read_event(change: ReadChange) -> Outbound:
-    return Outbound("read", orjson.dumps({"ids": list(change.ids)}), user=change.user)
+    return Outbound("read", encode_json({"ids": list(change.ids)}), user=change.user)
 
 
 def token_expiring(expires_at: float) -> Outbound:
-    return Outbound("token-expiring", orjson.dumps({"expires_at": iso_ms(int(expires_at * 1000))}))
+    return Outbound("token-expiring", encode_json({"expires_at": iso_ms(int(expires_at * 1000))}))
 
 
 #: Sent after a quiet interval; SSE writes a comment, WebSocket relies on its own pings.

@@ -19,6 +19,7 @@ from sse_notify import feed as feed_module
 from sse_notify.feed import Feed, parse_cursor, parse_topics
 from sse_notify.hub import Hub
 from sse_notify.models import Notification, NotificationDraft, ReadChange, iso_ms
+from sse_notify.store import StoreUnavailable
 from sse_notify.store import sqlite as sqlite_module
 from sse_notify.store.sqlite import SQLiteStore
 from sse_notify.wire import KEEPALIVE, Outbound
@@ -115,7 +116,8 @@ def make_feed(hub: Hub, store: SQLiteStore, **kw: Any) -> Feed:
 @pytest.mark.parametrize(
     ("raw", "cursor"),
     [
-        ("0", 0), ("1", 1), ("42", 42), ("007", 7), (" 42 ", 42),
+        ("0", 0), ("1", 1), ("42", 42), ("007", 7),
+        (" 42 ", None), (" 5", None), ("5 ", None), ("\t5", None), ("5\n", None), ("\u00a05", None),
         ("9" * 18, 10**18 - 1),
         ("9" * 19, None), ("1" + "0" * 18, None),
         ("-1", None), ("+1", None), ("abc", None), ("1a", None), ("4 2", None), ("1.0", None),
@@ -157,6 +159,48 @@ async def test_live_start_sends_hello_first_and_no_history(hub: Hub, store: SQLi
     assert sink.payloads("read") == [{"type": "read", "ids": [1, 4]}]
     assert (hub.stats.delivered, hub.stats.replayed) == (1, 0)
     assert hub.count() == 0  # unregistered when the feed ended
+
+
+async def test_response_starts_after_registering_and_reading_state_before_hello(
+        hub: Hub, store: SQLiteStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What commits once the client saw the response start reaches it: the start comes
+    after the stream is registered and its state read (whose newest_id the live start
+    skips up to), and before anything is sent."""
+    await add(store, "alice")
+    order: list[str] = []
+    real_state = store.state
+
+    async def state(user: str) -> tuple[int, int, int]:
+        order.append(f"state (registered: {hub.count()})")
+        return await real_state(user)
+
+    async def start() -> None:
+        order.append(f"start (sent: {len(sink.events)})")
+        await add(store, "alice")  # committed right after the client saw the start
+
+    monkeypatch.setattr(store, "state", state)
+    sink = Sink()
+    feed = make_feed(hub, store, start=start)
+    async with Running(feed, sink):
+        await sink.wait_for(lambda: 2 in sink.ids())
+        assert feed.started and feed.start is None  # called once, then dropped
+    assert order == ["state (registered: 1)", "start (sent: 0)"]
+    assert sink.hello["newest_id"] == 1 and sink.ids() == [2]
+
+
+async def test_response_is_not_started_when_state_cannot_be_read(
+        hub: Hub, store: SQLiteStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def state(user: str) -> tuple[int, int, int]:
+        raise StoreUnavailable("disk I/O error")
+
+    async def start() -> None:
+        raise AssertionError("started")
+
+    monkeypatch.setattr(store, "state", state)
+    feed = make_feed(hub, store, start=start)
+    with pytest.raises(StoreUnavailable):
+        await feed.run(Sink())
+    assert not feed.started and hub.count() == 0
 
 
 async def test_cursor_resumes_after_it(hub: Hub, store: SQLiteStore) -> None:

@@ -91,3 +91,39 @@ def test_retry_after_is_whole_seconds_until_the_next_token() -> None:
     with pytest.raises(ApiError) as refused:
         rate.spend("p")
     assert refused.value.headers["Retry-After"] == "3"
+
+
+def test_spending_several_is_all_or_nothing() -> None:
+    clock = Clock()
+    rate = PublishRate(2, burst=5, clock=clock)
+    rate.spend("p", 4)
+    with pytest.raises(ApiError) as refused:
+        rate.spend("p", 2)  # one token left: none taken
+    assert refused.value.headers["Retry-After"] == "1"  # (2 - 1) / 2 s, rounded up
+    rate.spend("p")  # the one left is still there
+    with pytest.raises(ApiError):
+        rate.spend("p")
+
+
+def test_more_than_the_burst_at_once_is_refused_without_retry_after() -> None:
+    rate = PublishRate(100, burst=10, clock=Clock())
+    with pytest.raises(ApiError) as refused:
+        rate.spend("p", 11)
+    assert refused.value.status == 429 and "Retry-After" not in refused.value.headers
+    assert "at most 10 at once" in refused.value.message
+    rate.spend("p", 10)  # nothing was taken
+
+
+def test_refund_gives_back_up_to_the_burst() -> None:
+    clock = Clock()
+    rate = PublishRate(1, burst=3, clock=clock)
+    rate.spend("p", 3)
+    rate.refund("p", 2)
+    rate.spend("p", 2)
+    with pytest.raises(ApiError):
+        rate.spend("p")
+    rate.refund("p", 10)  # capped at the burst
+    rate.spend("p", 3)
+    with pytest.raises(ApiError):
+        rate.spend("p")
+    PublishRate(0).refund("p")  # no limit: nothing to give back

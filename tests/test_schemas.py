@@ -11,7 +11,8 @@ import pytest
 from sse_notify.errors import ApiError
 from sse_notify.models import NotificationDraft
 from sse_notify.schemas import (
-    MAX_DATA_DEPTH, MAX_TOKEN_TTL, MarkReadBody, PublishBody, TokenBody, decode_body, parse,
+    MAX_BULK, MAX_DATA_DEPTH, MAX_TOKEN_TTL, MarkReadBody, PublishBody, TokenBody, decode_body, parse,
+    parse_bulk,
 )
 
 
@@ -186,6 +187,35 @@ def test_parse_message_names_the_first_problem_only() -> None:
 def test_parse_error_renders_as_contract_json() -> None:
     error = refused(TokenBody, {})
     assert orjson.loads(error.body()) == {"error": "validation_error", "message": error.message}
+
+
+# -- parse_bulk() -------------------------------------------------------------------------
+
+def test_parse_bulk_validates_every_element_in_order() -> None:
+    bodies = parse_bulk([{"user": "a", "title": "1"}, {"broadcast": True, "title": "2"},
+                         {"users": ["b", "c"], "title": "3"}])
+    assert [[d.user for d in b.drafts()] for b in bodies] == [["a"], [None], ["b", "c"]]
+    assert len(parse_bulk([{"user": "a", "title": "t"}] * MAX_BULK)) == MAX_BULK
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ([{"user": "a", "title": "t"}, {"user": "a"}], "[1].title: Field required"),
+        ([{"user": "a", "title": "t"}] * 3 + [{"title": "t"}],
+         '[3]: give exactly one target: "user", "users" or "broadcast": true'),
+        ([{"user": "a", "title": "t"}, "text"], "[1]: must be a JSON object."),
+        ([[{"user": "a", "title": "t"}]], "[0]: must be a JSON object."),
+        ([{"users": ["a", "bad id"], "title": "t"}], "[0].users.1: String should match pattern"),
+        ([{"user": "a", "title": "t", "x": 1}, {"user": 5}], "[0].x: Extra inputs are not permitted"),
+        ([], "A bulk publish holds 1 to 1000 notifications, not 0."),
+        ([{"user": "a", "title": "t"}] * (MAX_BULK + 1), "A bulk publish holds 1 to 1000 notifications, not 1001."),
+    ],
+)
+def test_parse_bulk_names_the_index_of_the_first_invalid_element(data: list, message: str) -> None:
+    with pytest.raises(ApiError) as info:
+        parse_bulk(data)
+    assert info.value.status == 422 and info.value.message.startswith(message), info.value.message
 
 
 # -- decode_body --------------------------------------------------------------------------

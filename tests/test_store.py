@@ -252,6 +252,63 @@ async def test_without_key_every_add_is_new(store: SQLiteStore) -> None:
     assert (await store.add([draft()], "pub")).ids == [2]
 
 
+# -- bulk: add_many -------------------------------------------------------------------
+
+async def test_add_many_is_one_commit_in_order(store: SQLiteStore) -> None:
+    batches: list[list[Notification]] = []
+    store.on_commit = batches.append
+    result = await store.add_many([[draft("a")], [draft("b"), draft("c")], [draft(None)]], "pub")
+    assert result.created is True and result.results == [[1], [2, 3], [4]]
+    assert [[(n.id, n.user) for n in batch] for batch in batches] == [
+        [(1, "a"), (2, "b"), (3, "c"), (4, None)]]
+
+
+async def test_add_many_is_one_job_beside_concurrent_adds(store: SQLiteStore) -> None:
+    """Concurrent single adds may share its commit, never split it or come in between."""
+    store.on_commit = lambda batch: None
+    single, bulk, other = await asyncio.gather(
+        store.add([draft("x")], "pub"),
+        store.add_many([[draft(f"u{i}")] for i in range(500)], "pub"),
+        store.add([draft("y")], "pub"))
+    ids = [i for ids in bulk.results for i in ids]
+    assert ids == list(range(ids[0], ids[0] + 500))  # contiguous: nothing in between
+    assert {single.ids[0], other.ids[0]}.isdisjoint(ids)
+
+
+async def test_a_failing_add_many_stores_none_of_it(store: SQLiteStore) -> None:
+    bad = draft("b", data={"x": 2**64})  # not encodable as JSON: fails in the writer
+    with pytest.raises(StoreUnavailable):
+        await store.add_many([[draft("a")], [bad]], "pub")
+    assert await store.replay("a", 0, None, 10) == [] and await store.max_id() == 0
+    assert (await store.add([draft("c")], "pub")).ids == [1]  # no id was used up
+
+
+async def test_add_many_idempotent_repeat(store: SQLiteStore) -> None:
+    first = await store.add_many([[draft("a")], [draft("b"), draft("c")]], "pub", "bulk")
+    again = await store.add_many([[draft("zzz")]], "pub", "bulk")
+    assert again.created is False and again.results == first.results == [[1], [2, 3]]
+    assert await store.max_id() == 3
+    # the same key repeated by a single add() answers every id of the bulk, in order
+    single = await store.add([draft("a")], "pub", "bulk")
+    assert single.created is False and single.ids == [1, 2, 3]
+    # and a key first used by add() answers its ids as one request to add_many()
+    one = await store.add([draft("a"), draft("b")], "pub", "single")
+    as_bulk = await store.add_many([[draft("a")], [draft("b")]], "pub", "single")
+    assert as_bulk.created is False and as_bulk.results == [one.ids]
+    assert await store.max_id() == 5
+
+
+async def test_add_many_idempotent_repeat_within_one_batch_and_after_reopen(store: SQLiteStore) -> None:
+    a, b = await asyncio.gather(store.add_many([[draft("a")], [draft("b")]], "pub", "k"),
+                                store.add_many([[draft("a")], [draft("b")]], "pub", "k"))
+    assert (a.created, b.created) == (True, False) and a.results == b.results == [[1], [2]]
+    store = await reopen(store)
+    try:
+        assert (await store.add_many([[draft("a")]], "pub", "k")).results == [[1], [2]]
+    finally:
+        await store.close()
+
+
 # -- replay ---------------------------------------------------------------------------
 
 async def test_replay_after_id_own_and_broadcast_ascending(store: SQLiteStore) -> None:

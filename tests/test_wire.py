@@ -116,6 +116,46 @@ def test_notification_with_newlines_in_text_stays_one_data_line() -> None:
     assert json.loads(lines[2][6:])["body"] == "c\r\nd"
 
 
+#: Line breaks to str.splitlines() (and so to some SSE readers) though not to SSE or JSON.
+LINE_BREAKERS = "\u2028\u2029\u0085"
+
+
+def test_notification_escapes_unicode_line_breakers_byte_exact() -> None:
+    out = Outbound.notification(_notification(title="a\u2028b", body="c\u2029d",
+                                               data={"k\u0085": "\u2028\u2029\u0085"}))
+    assert out.sse == (
+        b'id: 42\nevent: notification\ndata: {"id":42,"user":"alice","topic":null,'
+        b'"title":"a\\u2028b","body":"c\\u2029d","priority":"high",'
+        b'"data":{"k\\u0085":"\\u2028\\u2029\\u0085"},'
+        b'"created_at":"2025-11-25T10:00:00.123Z","read":false}\n\n')
+    assert out.ws == (
+        '{"type":"notification","id":42,"user":"alice","topic":null,'
+        '"title":"a\\u2028b","body":"c\\u2029d","priority":"high",'
+        '"data":{"k\\u0085":"\\u2028\\u2029\\u0085"},'
+        '"created_at":"2025-11-25T10:00:00.123Z","read":false}')
+    text = out.sse.decode()
+    assert text.splitlines() == text.split("\n")[:-1]  # splitlines breaks only where SSE does
+    assert json.loads(out.ws)["data"] == {"k\u0085": LINE_BREAKERS}  # the same text, escaped
+
+
+@pytest.mark.parametrize(
+    ("text", "escaped"),
+    [
+        ("\u2028", b'"\\u2028"'), ("\u2029", b'"\\u2029"'), ("\u0085", b'"\\u0085"'),
+        # neighbours in UTF-8 stay as they are: same lead bytes, other characters
+        ("\u2014\u2027\u202a\u0084\u0086\u00a0", '"\u2014\u2027\u202a\u0084\u0086\u00a0"'.encode()),
+        ("x\u2028\u2014\u0085y", b'"x\\u2028' + "\u2014".encode() + b'\\u0085y"'),
+    ],
+)
+def test_encode_json_escapes_exactly_the_three(text: str, escaped: bytes) -> None:
+    assert wire.encode_json(text) == escaped
+    assert json.loads(escaped) == text
+
+
+def test_ws_frames_escape_line_breakers_too() -> None:
+    assert ws_frame("error", {"message": "a\u2028b"}) == '{"type":"error","message":"a\\u2028b"}'
+
+
 def test_notification_carries_routing_attributes() -> None:
     out = Outbound.notification(_notification(topic="chat"))
     assert (out.id, out.user, out.topic) == (42, "alice", "chat")

@@ -5,7 +5,8 @@
 //
 //   GET  /events?token=T[&last_event_id=N]   SSE: retry, hello, replay, live notifications
 //   GET  /ws?token=T[&last_event_id=N]       WebSocket: auth_success, replay, live
-//   POST /notifications (Bearer publisher)   {"user"|"users"|"broadcast", "title", "data"}
+//   POST /notifications (Bearer publisher)   {"user"|"users"|"broadcast", "title", "data"},
+//                                            or an array of them (bulk: one commit)
 //
 // Same tokens (itsdangerous URLSafeTimedSerializer, HMAC-SHA1, verified here), same frames.
 // A publish is answered 201 only after it is durable: publishes are group-committed as
@@ -206,19 +207,35 @@ function handlePublish(req, res) {
     if (raw === null) return jsonAnswer(res, 413, { error: 'payload_too_large', message: 'Too large.' });
     let body;
     try { body = JSON.parse(raw); } catch { return jsonAnswer(res, 400, { error: 'bad_json', message: 'Bad JSON.' }); }
-    const ok = body !== null && typeof body === 'object';
-    const targets = ok ? (body.user !== undefined) + Array.isArray(body.users) + (body.broadcast === true) : 0;
-    if (targets !== 1 || typeof body.title !== 'string' || !body.title) {
-      return jsonAnswer(res, 422, { error: 'invalid', message: 'One target and a title are required.' });
+    const bulk = Array.isArray(body); // an array of 1 to 1000 bodies: one commit, one answer per element
+    const elements = bulk ? body : [body];
+    if (elements.length < 1 || elements.length > 1000) {
+      return jsonAnswer(res, 422, { error: 'invalid', message: 'A bulk publish holds 1 to 1000 notifications.' });
     }
-    const users = body.broadcast === true ? [null] : body.user !== undefined ? [body.user] : body.users;
-    const drafts = users.map((user) => ({ user, topic: body.topic, title: body.title, body: body.body,
-      priority: body.priority, data: body.data }));
-    commit(drafts, (err, ids) => {
+    const groups = [];
+    for (let i = 0; i < elements.length; i++) {
+      const drafts = toDrafts(elements[i]);
+      if (drafts === null) {
+        return jsonAnswer(res, 422, { error: 'invalid', message: `${bulk ? `[${i}]: ` : ''}One target and a title are required.` });
+      }
+      groups.push(drafts);
+    }
+    commit(groups.flat(), (err, ids) => {
       if (err) return jsonAnswer(res, 503, { error: 'unavailable', message: String(err) });
-      jsonAnswer(res, 201, { ids });
+      if (!bulk) return jsonAnswer(res, 201, { ids });
+      let at = 0;
+      jsonAnswer(res, 201, { results: groups.map((g) => ({ ids: ids.slice(at, at += g.length) })) });
     });
   });
+}
+
+function toDrafts(body) {
+  const ok = body !== null && typeof body === 'object' && !Array.isArray(body);
+  const targets = ok ? (body.user !== undefined) + Array.isArray(body.users) + (body.broadcast === true) : 0;
+  if (targets !== 1 || typeof body.title !== 'string' || !body.title) return null;
+  const users = body.broadcast === true ? [null] : body.user !== undefined ? [body.user] : body.users;
+  return users.map((user) => ({ user, topic: body.topic, title: body.title, body: body.body,
+    priority: body.priority, data: body.data }));
 }
 
 const server = http.createServer({ keepAliveTimeout: 75000, requestTimeout: 0, headersTimeout: 20000 },

@@ -14,7 +14,7 @@ from typing import Protocol, runtime_checkable
 
 from ..models import Notification, NotificationDraft
 
-__all__ = ["Store", "HistoryPage", "PublishResult", "StoreUnavailable", "open_store"]
+__all__ = ["Store", "BulkPublishResult", "HistoryPage", "PublishResult", "StoreUnavailable", "open_store"]
 
 
 class StoreUnavailable(Exception):
@@ -24,6 +24,12 @@ class StoreUnavailable(Exception):
 @dataclass(frozen=True, slots=True)
 class PublishResult:
     ids: list[int]
+    created: bool  # False: an idempotent repeat, nothing new stored
+
+
+@dataclass(frozen=True, slots=True)
+class BulkPublishResult:
+    results: list[list[int]]  # the ids of each request of an add_many(), in order
     created: bool  # False: an idempotent repeat, nothing new stored
 
 
@@ -43,6 +49,14 @@ class Store(Protocol):
 
     async def add(self, drafts: Sequence[NotificationDraft], publisher: str,
                   idempotency_key: str | None = None) -> PublishResult: ...
+
+    async def add_many(self, requests: Sequence[Sequence[NotificationDraft]], publisher: str,
+                       idempotency_key: str | None = None) -> BulkPublishResult:
+        """Several publishes (each one ``add()``'s drafts) stored in ONE commit, ids
+        increasing through them in order, and answered one id list per request; the key
+        covers them all. A repeat of a key first used by ``add()`` answers its ids as one
+        request; ``add()`` repeating a key first used here answers all the ids, in order."""
+        ...
 
     async def state(self, user: str) -> tuple[int, int, int]:
         """``(newest_id visible to user, unread count, highest id ever pruned)``."""

@@ -10,6 +10,8 @@ Deliberate decisions:
   connection's thread, so the publishes of a batch are inserted with one ``executemany``
   per table (flushed before any other kind of write, to keep the jobs' order): a batch
   costs about as many round trips whatever its size.
+* **A bulk publish is one job** (``add_many``): all its notifications go into the one
+  transaction, in order, whatever else the batch holds.
 * **Ids are assigned by the writer**, in commit order, from a high-water mark that also
   covers pruned rows (kept in ``meta``), so an id is never reused and ids increase in the
   order notifications are committed.
@@ -44,7 +46,7 @@ import aiosqlite
 import orjson
 
 from ..models import Notification, NotificationDraft, now_ms
-from . import HistoryPage, PublishResult, StoreUnavailable
+from . import BulkPublishResult, HistoryPage, PublishResult, StoreUnavailable
 
 __all__ = ["SQLiteStore"]
 
@@ -121,6 +123,15 @@ def _fail(jobs: list[_Job], error: Exception) -> None:
             future.set_exception(error)
 
 
+def _repeat(stored: list[Any], bulk: bool) -> PublishResult | BulkPublishResult:
+    """The answer to a repeated idempotency key. The key's row holds the first publish's
+    ids: a list of ids for an ``add()``, a list of id lists for an ``add_many()``."""
+    groups: list[list[int]] = stored if stored and isinstance(stored[0], list) else [stored]
+    if bulk:
+        return BulkPublishResult(groups, created=False)
+    return PublishResult([id for ids in groups for id in ids], created=False)
+
+
 def _identity(path: Path) -> tuple[int, int] | None:
     try:
         st = os.stat(path)
@@ -143,7 +154,7 @@ class _Inserts:
     def __init__(self) -> None:
         self.notifications: list[tuple[Any, ...]] = []
         self.keys: list[tuple[str, str, str, int]] = []
-        self.ids_by_key: dict[tuple[str, str], list[int]] = {}
+        self.ids_by_key: dict[tuple[str, str], list[Any]] = {}  # as stored: see _repeat()
 
     async def flush(self, db: aiosqlite.Connection) -> None:
         if self.notifications:
@@ -271,7 +282,12 @@ class SQLiteStore:
 
     async def add(self, drafts: Sequence[NotificationDraft], publisher: str,
                   idempotency_key: str | None = None) -> PublishResult:
-        return await self._submit("add", list(drafts), publisher, idempotency_key)
+        return await self._submit("add", [list(drafts)], publisher, idempotency_key, False)
+
+    async def add_many(self, requests: Sequence[Sequence[NotificationDraft]], publisher: str,
+                       idempotency_key: str | None = None) -> BulkPublishResult:
+        # One job, so one transaction even when the writer is idle and takes it alone.
+        return await self._submit("add", [list(r) for r in requests], publisher, idempotency_key, True)
 
     async def mark_read(self, user: str, ids: Sequence[int]) -> list[int]:
         return await self._submit("mark", user, list(ids))
@@ -358,33 +374,38 @@ class SQLiteStore:
         return committed, results
 
     async def _do_add(self, db: aiosqlite.Connection, inserts: _Inserts, committed: list[Notification],
-                      drafts: list[NotificationDraft], publisher: str, key: str | None) -> PublishResult:
+                      groups: list[list[NotificationDraft]], publisher: str, key: str | None,
+                      bulk: bool) -> PublishResult | BulkPublishResult:
+        """One ``add()`` (a single group) or ``add_many()`` (``bulk``)."""
         now = max(now_ms(), self._last_created)
         if key is not None:
-            ids = inserts.ids_by_key.get((publisher, key))
-            if ids is not None:  # a repeat within this batch
-                return PublishResult(ids, created=False)
-            rows = await db.execute_fetchall(
-                "SELECT ids FROM idempotency WHERE publisher=? AND key=? AND created_at>?",
-                (publisher, key, now - IDEMPOTENCY_WINDOW_MS))
-            if rows:
-                return PublishResult(orjson.loads(rows[0][0]), created=False)
-        batch = []
-        for draft in drafts:
-            self._last_id += 1
-            batch.append(Notification(self._last_id, draft.user, draft.topic, draft.title,
-                                      draft.body, draft.priority, draft.data, now))
+            stored = inserts.ids_by_key.get((publisher, key))  # a repeat within this batch
+            if stored is None:
+                rows = await db.execute_fetchall(
+                    "SELECT ids FROM idempotency WHERE publisher=? AND key=? AND created_at>?",
+                    (publisher, key, now - IDEMPOTENCY_WINDOW_MS))
+                stored = orjson.loads(rows[0][0]) if rows else None
+            if stored is not None:
+                return _repeat(stored, bulk)
+        results: list[list[int]] = []
+        for drafts in groups:
+            batch = []
+            for draft in drafts:
+                self._last_id += 1
+                batch.append(Notification(self._last_id, draft.user, draft.topic, draft.title,
+                                          draft.body, draft.priority, draft.data, now))
+            inserts.notifications += [
+                (n.id, n.user, n.topic, n.title, n.body, n.priority,
+                 None if n.data is None else orjson.dumps(n.data).decode(), n.created_at)
+                for n in batch]
+            committed.extend(batch)
+            results.append([n.id for n in batch])
         self._last_created = now
-        inserts.notifications += [
-            (n.id, n.user, n.topic, n.title, n.body, n.priority,
-             None if n.data is None else orjson.dumps(n.data).decode(), n.created_at)
-            for n in batch]
-        ids = [n.id for n in batch]
+        stored = results if bulk else results[0]
         if key is not None:
-            inserts.ids_by_key[publisher, key] = ids
-            inserts.keys.append((publisher, key, orjson.dumps(ids).decode(), now))
-        committed.extend(batch)
-        return PublishResult(ids, created=True)
+            inserts.ids_by_key[publisher, key] = stored
+            inserts.keys.append((publisher, key, orjson.dumps(stored).decode(), now))
+        return BulkPublishResult(results, created=True) if bulk else PublishResult(results[0], created=True)
 
     @staticmethod
     async def _do_mark(db: aiosqlite.Connection, user: str, ids: list[int]) -> list[int]:

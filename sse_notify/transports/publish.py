@@ -9,6 +9,13 @@ publisher token (401), the publisher's rate (429), ``Idempotency-Key`` (422), bo
 same pydantic schema (422), then the durable add: 201 (200 for an idempotent repeat)
 only after the commit.
 
+A JSON array is a bulk publish (API v1.1): every element is validated before anything is
+stored (the first invalid one is a 422 naming its index), the elements are stored in one
+commit, and the answer is ``{"results": [{"ids": [...]}, ...]}`` in order. Each element
+spends one publish from the publisher's rate: the one spent before the body was read is
+given back and all of them are taken at once, or none. The single-notification path is
+unchanged: an array is recognised only after the body has been decoded.
+
 Quart still declares the route (``api.publish``) so that its 405 answers, OPTIONS and
 ``/openapi.json`` know it; every other method on the path goes to Quart.
 
@@ -37,7 +44,7 @@ import orjson
 from ..auth import verify_publisher
 from ..cors import cors_headers
 from ..errors import ApiError
-from ..schemas import PublishBody, decode_body, parse
+from ..schemas import PublishBody, decode_body, parse, parse_bulk
 from ..service import Service
 from ..store import StoreUnavailable
 from ..tokens import Claims
@@ -64,7 +71,7 @@ class PublishEndpoint:
         headers = request_headers(scope)
         cors = cors_headers(headers.get("origin"), self.service.settings.allow_origin)
         try:
-            status, ids = await self._publish(headers, receive)
+            status, answer = await self._publish(headers, receive)
         except _Disconnected:
             return
         except ApiError as error:
@@ -78,9 +85,9 @@ class PublishEndpoint:
             log.exception("publish failed")
             await send_error(send, ApiError(500, "internal_error", "The server failed to answer this request."), cors)
             return
-        await send_json(send, status, orjson.dumps({"ids": ids}), cors)
+        await send_json(send, status, orjson.dumps(answer), cors)
 
-    async def _publish(self, headers: dict[str, str], receive: Receive) -> tuple[int, list[int]]:
+    async def _publish(self, headers: dict[str, str], receive: Receive) -> tuple[int, dict[str, Any]]:
         try:
             publisher = self._publisher(headers)
             self.service.publish_rate.spend(publisher)
@@ -90,9 +97,21 @@ class PublishEndpoint:
         except ApiError:
             await self._drop_body(headers, receive)
             raise
-        body = parse(PublishBody, decode_body(await self._body(headers, receive)))
+        data = decode_body(await self._body(headers, receive))
+        if type(data) is list:
+            return await self._publish_bulk(data, publisher, key)
+        body = parse(PublishBody, data)
         result = await self.service.publish(body.drafts(), publisher, key)
-        return (201 if result.created else 200), result.ids
+        return (201 if result.created else 200), {"ids": result.ids}
+
+    async def _publish_bulk(self, data: list[Any], publisher: str,
+                            key: str | None) -> tuple[int, dict[str, Any]]:
+        bodies = parse_bulk(data)
+        rate = self.service.publish_rate
+        rate.refund(publisher)  # the one spent before the body was read: now all at once
+        rate.spend(publisher, len(bodies))
+        result = await self.service.publish_many([b.drafts() for b in bodies], publisher, key)
+        return (201 if result.created else 200), {"results": [{"ids": ids} for ids in result.results]}
 
     def _publisher(self, headers: dict[str, str]) -> str:
         authorization = headers.get("authorization")

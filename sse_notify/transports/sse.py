@@ -1,14 +1,16 @@
 """``GET /events``: Server-Sent Events.
 
 Headers and the ``retry:`` field are flushed before anything else, so ``EventSource.onopen``
-fires at once. The feed runs in the request's task beside one watcher task that waits for
-the client to go away (:func:`~.asgi.run_feed`). Queued events are written in one chunk
-per wake-up, not one send per event.
+fires at once -- but only once the stream is subscribed and its user's state read (the
+feed calls back to start the response): whatever commits after a client has seen the
+headers reaches it. Storage failing before that is still answered with the JSON 503.
+The feed runs in the request's task beside one watcher task that waits for the client to
+go away (:func:`~.asgi.run_feed`). Queued events are written in one chunk per wake-up,
+not one send per event.
 """
 
 from __future__ import annotations
 
-from typing import Any
 
 from ..auth import subscriber_token, verify_subscriber
 from ..cors import cors_headers, preflight_headers
@@ -40,24 +42,27 @@ class SSEEndpoint:
         admitted = await self._admit(scope, send)
         if admitted is None:
             return
-        feed, slot, head = admitted
+        feed, slot, cors = admitted
+
+        async def write(events: list[Outbound]) -> None:
+            body = events[0].sse if len(events) == 1 else b"".join(e.sse for e in events)
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+
         with slot:
-            await send(head)
-            await send({"type": "http.response.body", "body": sse_retry(self.service.settings.retry),
-                        "more_body": True})
-            del head
+            reason = await run_feed(feed, write, _disconnected(receive))
+        if reason == "gone":
+            return
+        if feed.started:
+            await send_within(send, {"type": "http.response.body", "body": b"", "more_body": False})
+        else:  # storage failed (or the server began shutting down) before the stream started
+            await send_error(send, ApiError.unavailable("The stream could not start; try again."), cors)
 
-            async def write(events: list[Outbound]) -> None:
-                body = events[0].sse if len(events) == 1 else b"".join(e.sse for e in events)
-                await send({"type": "http.response.body", "body": body, "more_body": True})
-
-            if await run_feed(feed, write, _disconnected(receive)) != "gone":
-                await send_within(send, {"type": "http.response.body", "body": b"", "more_body": False})
-
-    async def _admit(self, scope: Scope, send: ASGISend) -> tuple[Feed, Slot, dict[str, Any]] | None:
-        """Check the request and take a stream slot: the feed, the slot and the response
-        head to send, or None when the request was answered otherwise. (A function of its
-        own so that the request's parsed parts are not kept for the life of the stream.)"""
+    async def _admit(self, scope: Scope, send: ASGISend) -> tuple[Feed, Slot, tuple[tuple[str, str], ...]] | None:
+        """Check the request and take a stream slot: the feed (which starts the response
+        when the stream is subscribed), the slot and the CORS headers (for an error answer
+        if it never starts), or None when the request was answered otherwise. (A function
+        of its own so that the request's parsed parts are not kept for the life of the
+        stream.)"""
         settings = self.service.settings
         headers = request_headers(scope)
         cors = cors_headers(headers.get("origin"), settings.allow_origin)
@@ -80,15 +85,22 @@ class SSEEndpoint:
             return None
 
         raw_cursor = headers["last-event-id"] if "last-event-id" in headers else query.get("last_event_id")
-        feed = Feed(self.service.hub, self.service.store, claims.subject, transport="sse",
-                    topics=topics, cursor=parse_cursor(raw_cursor),
-                    expires_at=claims.expires_at, heartbeat=settings.heartbeat)
-        return feed, slot, {"type": "http.response.start", "status": 200, "headers": [
+        head = {"type": "http.response.start", "status": 200, "headers": [
             (b"content-type", b"text/event-stream; charset=utf-8"),
             (b"cache-control", b"no-cache"),
             (b"x-accel-buffering", b"no"),
             *((k.lower().encode(), v.encode()) for k, v in cors),
         ]}
+        retry = sse_retry(settings.retry)
+
+        async def start() -> None:
+            await send(head)
+            await send({"type": "http.response.body", "body": retry, "more_body": True})
+
+        feed = Feed(self.service.hub, self.service.store, claims.subject, transport="sse",
+                    topics=topics, cursor=parse_cursor(raw_cursor),
+                    expires_at=claims.expires_at, heartbeat=settings.heartbeat, start=start)
+        return feed, slot, tuple(cors)  # () without CORS: a shared empty tuple
 
 
 async def _disconnected(receive: Receive) -> None:

@@ -2,8 +2,12 @@
 
 Auth comes from ``Authorization: Bearer`` or ``?token=`` (cursor in ``?last_event_id=``),
 else from a first frame ``{"type": "auth", "token": ..., "last_event_id": ...}`` within
-10 s. Either way the upgrade is accepted first, so a failure can be explained in an
-``error`` frame before the ``4401`` close. After auth the feed runs in the connection's
+10 s. Either way the upgrade is accepted before any frame, so a failure can be explained in
+an ``error`` frame before the ``4401`` close. With the token on the request, a good token's
+upgrade is accepted only once the stream is subscribed (the feed calls back to accept, as
+``/events`` sends its headers), so a client's ``onopen`` means what ``auth_success`` means:
+whatever commits from then on reaches it. An auth frame needs the upgrade first; there
+``auth_success`` is that moment. After auth the feed runs in the connection's
 task while a receiver task answers the client's frames (``read``, ``ping``); bad frames
 get an error frame and the socket stays open. The receiver ending (the client closed)
 ends the feed (:func:`~.asgi.run_feed`).
@@ -12,6 +16,7 @@ ends the feed (:func:`~.asgi.run_feed`).
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from typing import Any
 
 import orjson
@@ -30,6 +35,7 @@ from .sse import stream_topics
 __all__ = ["WebSocketEndpoint"]
 
 AUTH_TIMEOUT = 10.0
+ACCEPT = {"type": "websocket.accept"}
 
 CLOSE_CODES = {"expired": 4401, "overflow": 1013, "shutdown": 1001}  # else 1011
 #: A stream refused by the limits: this user has too many (4429), the server is full (1013).
@@ -47,7 +53,6 @@ class WebSocketEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: ASGISend) -> None:
         if (await receive())["type"] != "websocket.connect":
             return
-        await send({"type": "websocket.accept"})
         try:
             await self._serve(scope, receive, send)
         except _Disconnected:
@@ -58,22 +63,22 @@ class WebSocketEndpoint:
         try:
             topics = stream_topics(query)
         except ApiError as error:
-            await _send_error(send, error.code, error.message)
-            await send_within(send, {"type": "websocket.close", "code": 1008})
+            await _refuse(send, False, error, 1008)
             return
         token = bearer(headers["authorization"]) if "authorization" in headers else query.get("token")
         raw_cursor: Any = query.get("last_event_id")
-        if token is None:
+        accepted = token is None
+        if accepted:  # auth by frame: the upgrade first
+            await send(ACCEPT)
             token, raw_cursor = await self._auth_frame(receive, send)
         try:
             claims = verify_subscriber(self.service.signer, token)
         except ApiError as error:
-            await _send_error(send, error.code, error.message)
-            await send_within(send, {"type": "websocket.close", "code": 4401})
+            await _refuse(send, accepted, error, 4401)
             return
         cursor = raw_cursor if type(raw_cursor) is int and raw_cursor >= 0 else parse_cursor(
             raw_cursor if isinstance(raw_cursor, str) else None)
-        await self._stream(receive, send, claims, topics, cursor)
+        await self._stream(receive, send, accepted, claims, topics, cursor)
 
     async def _auth_frame(self, receive: Receive, send: ASGISend) -> tuple[str | None, Any]:
         """Wait for ``{"type": "auth", ...}``; None as the token means "no valid auth"."""
@@ -86,18 +91,17 @@ class WebSocketEndpoint:
             return None, None
         return frame["token"], frame.get("last_event_id")
 
-    async def _stream(self, receive: Receive, send: ASGISend, claims: Claims,
+    async def _stream(self, receive: Receive, send: ASGISend, accepted: bool, claims: Claims,
                       topics: frozenset[str] | None, cursor: int | None) -> None:
         settings = self.service.settings
         try:
             slot = self.service.slots.take(claims.subject)
         except ApiError as error:
-            await _send_error(send, error.code, error.message)
-            await send_within(send, {"type": "websocket.close", "code": REFUSED_CODES[error.status]})
+            await _refuse(send, accepted, error, REFUSED_CODES[error.status])
             return
         feed = Feed(self.service.hub, self.service.store, claims.subject, transport="ws",
                     topics=topics, cursor=cursor, expires_at=claims.expires_at,
-                    heartbeat=settings.heartbeat)
+                    heartbeat=settings.heartbeat, start=None if accepted else partial(send, ACCEPT))
 
         async def write(events: list[Outbound]) -> None:
             for event in events:
@@ -107,6 +111,8 @@ class WebSocketEndpoint:
         with slot:
             reason = await run_feed(feed, write, self._answer_frames(receive, send, claims.subject))
         if reason != "gone":
+            if not (accepted or feed.started):  # storage failed before the stream started
+                await send(ACCEPT)
             await send_within(send, {"type": "websocket.close", "code": CLOSE_CODES.get(reason, 1011)})
 
     async def _answer_frames(self, receive: Receive, send: ASGISend, user: str) -> None:
@@ -152,6 +158,15 @@ async def _receive_json(receive: Receive) -> Any:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
         return _UNPARSEABLE
+
+
+async def _refuse(send: ASGISend, accepted: bool, error: ApiError, close_code: int) -> None:
+    """Accept the upgrade (unless ``accepted``), explain ``error`` in a frame, close with
+    ``close_code``."""
+    if not accepted:
+        await send(ACCEPT)
+    await _send_error(send, error.code, error.message)
+    await send_within(send, {"type": "websocket.close", "code": close_code})
 
 
 async def _send_error(send: ASGISend, code: str, message: str) -> None:

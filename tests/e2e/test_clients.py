@@ -21,6 +21,7 @@ import pytest
 from httpx_sse import aconnect_sse
 
 from ..helpers import ServerProcess
+from .wsclient import open_ws, sse_lines
 
 NODE_DIR = Path(__file__).parent / "node"
 LINE_TIMEOUT = 10.0
@@ -109,6 +110,38 @@ async def test_httpx_sse_reads_events_and_resumes_from_its_last_id(server: Serve
             assert (await anext(events)).json()["replay"] == "resumed"
             replayed = [int((await anext(events)).id) for _ in range(4)]
     assert replayed == ids[1:] + later
+
+
+async def test_unicode_line_breakers_in_data_reach_line_splitting_readers_whole(server: ServerProcess) -> None:
+    """U+2028, U+2029 and U+0085 are line breaks to ``str.splitlines`` (httpx's own line
+    reader, and httpx-sse before 0.4.2): the server sends them escaped, so every reader gets
+    the event whole and the JSON decodes to the text published."""
+    text = "a\u2028b\u2029c\u0085d"
+    token = server.token("alice")
+    async with httpx.AsyncClient(base_url=server.url, timeout=httpx.Timeout(10.0, read=None)) as client:
+        async with aconnect_sse(client, "GET", f"/events?token={token}") as source, \
+                sse_lines(server, token, client=client) as (_, lines), \
+                open_ws(server, token) as ws:
+            events = source.aiter_sse()
+            assert (await anext(events)).retry == 3000
+            assert (await anext(events)).event == "hello"
+            async with asyncio.timeout(LINE_TIMEOUT):
+                while not (await anext(lines)).startswith("data: {\"user\""):  # up to hello
+                    pass
+            [nid] = await server.publish(client, user="alice", title=text, body=text,
+                                         data={text: [text]})
+            event = await anext(events)
+            async with asyncio.timeout(LINE_TIMEOUT):
+                raw = [await anext(lines) for _ in range(4)]  # up to the blank line
+            frame = await ws.recv()
+    assert (event.event, event.id) == ("notification", str(nid))
+    payload = event.json()
+    assert (payload["title"], payload["body"], payload["data"]) == (text, text, {text: [text]})
+    assert raw[:3] == ["", f"id: {nid}", "event: notification"]  # hello's end, then this event
+    data = raw[3]
+    assert "\\u2028" in data and "\\u2029" in data and "\\u0085" in data
+    assert orjson.loads(data[6:]) == payload
+    assert (frame["type"], frame["title"], frame["data"]) == ("notification", text, {text: [text]})
 
 
 # -- npm eventsource ---------------------------------------------------------------------------

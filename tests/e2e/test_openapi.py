@@ -70,6 +70,12 @@ def cases(nid: int, others: int) -> list[Case]:
              {"Idempotency-Key": "k1"}),
         Case("POST", "/notifications", "/notifications", 200, "pub", b'{"user": "alice", "title": "t"}',
              {"Idempotency-Key": "k1"}),
+        Case("POST", "/notifications", "/notifications", 201, "pub",  # bulk
+             b'[{"user": "alice", "title": "t"}, {"users": ["bob", "carol"], "title": "t"}]',
+             {"Idempotency-Key": "k2"}),
+        Case("POST", "/notifications", "/notifications", 200, "pub", b'[{"user": "alice", "title": "t"}]',
+             {"Idempotency-Key": "k2"}),
+        Case("POST", "/notifications", "/notifications", 422, "pub", b'[{"user": "alice", "title": "t"}, {}]'),
         Case("POST", "/notifications", "/notifications", 400, "pub", b"{not json"),
         Case("POST", "/notifications", "/notifications", 401, None, b'{"user": "alice", "title": "t"}'),
         Case("POST", "/notifications", "/notifications", 401, "sub", b'{"user": "alice", "title": "t"}'),
@@ -207,3 +213,13 @@ def test_every_json_body_has_an_example_valid_for_its_schema(server: ServerProce
                     validate(doc, media["schema"], media["example"], f"{name} {status}")
     stream = doc["paths"]["/events"]["get"]["responses"]["200"]["content"]["text/event-stream"]["example"]
     assert stream.startswith("retry: 3000\n\nevent: hello\n")
+
+
+def test_publish_body_is_described_as_one_notification_or_an_array(server: ServerProcess) -> None:
+    doc = httpx.get(f"{server.url}/openapi.json").json()
+    body = doc["paths"]["/notifications"]["post"]["requestBody"]["content"]["application/json"]
+    validator = Draft202012Validator({**body["schema"], "components": doc["components"]})
+    one = {"user": "alice", "title": "t"}
+    assert validator.is_valid(one) and validator.is_valid([one]) and validator.is_valid([one] * 1000)
+    assert not validator.is_valid([]) and not validator.is_valid([one] * 1001)
+    assert not validator.is_valid([one, {"user": "alice", "title": 5}])

@@ -66,6 +66,10 @@ async def test_header_cursor_wins_over_query(server: ServerProcess) -> None:
 
 
 INVALID_CURSORS = ["abc", "-1", "1" * 19, "", "1.5", "0x10", "+3", "1 2", "\u0661\u0662"]  # last: Arabic-Indic digits
+#: Whitespace around digits is not part of a valid cursor either. Only the query string can
+#: carry it: HTTP drops whitespace around a header value (RFC 9110 5.5), so the header
+#: ``Last-Event-ID:  5`` arrives as ``5`` and is a valid cursor.
+SPACED_CURSORS = [" 5", "5 ", "\t5", " 5 ", "5\n"]
 
 
 async def test_invalid_cursors_are_ignored_and_start_live(server: ServerProcess) -> None:
@@ -81,6 +85,16 @@ async def test_invalid_cursors_are_ignored_and_start_live(server: ServerProcess)
                     assert s.response.status_code == 200, kwargs
                     assert s.hello.json()["replay"] == "live", kwargs
                     await _expect_then_live(server, s, [])
+
+
+async def test_cursors_with_whitespace_in_the_query_are_ignored_and_start_live(server: ServerProcess) -> None:
+    ids = await _publish_for_alice(server)
+    async with server.client() as c:
+        for cursor in SPACED_CURSORS:
+            query = "last_event_id=" + quote(cursor.replace("5", str(ids[0])))  # ?last_event_id=%201...
+            async with open_sse(server, server.token("alice"), client=c, query=query) as s:
+                assert s.hello.json()["replay"] == "live", repr(cursor)
+                await _expect_then_live(server, s, [])
 
 
 async def test_cursor_zero_replays_the_whole_history(server: ServerProcess) -> None:

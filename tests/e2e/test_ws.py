@@ -67,7 +67,7 @@ async def test_first_frame_auth_without_cursor_is_live(server: ServerProcess) ->
 
 async def test_invalid_cursor_in_auth_frame_starts_live(server: ServerProcess) -> None:
     await _publish_some(server)
-    for cursor in ("abc", -1, "", 1.5, None, [1], True, "1" * 19):
+    for cursor in ("abc", -1, "", 1.5, None, [1], True, "1" * 19, " 1", "1 ", "\t1"):
         async with open_ws(server, auth={"type": "auth", "token": server.token("alice"),
                                          "last_event_id": cursor}) as ws:
             assert ws.hello["replay"] == "live", cursor
