@@ -14,12 +14,13 @@ import logging
 import signal
 import sys
 from datetime import datetime, timezone
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import click
 
-from .config import SECRET_FILE, Settings, parse_duration, rotate_secret
+from .config import SECRET_FILE, Keyring, Settings, parse_duration, rotate_secret
+from .store import StoreConfigError, check_store, cluster_keyring, rotate_cluster_secret
 from .tokens import DEFAULT_SUBSCRIBER_TTL, TokenSigner
 
 __all__ = ["main", "raise_open_files_limit"]
@@ -84,13 +85,16 @@ def serve(**flags: object) -> None:
 @click.option("--publisher", metavar="NAME", help="Mint a publisher token for NAME instead.")
 @click.option("--ttl", type=int, help=f"Lifetime in seconds. [subscriber default: {DEFAULT_SUBSCRIBER_TTL}]")
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Data directory holding the secret.")
-def token(user: str | None, publisher: str | None, ttl: int | None, data_dir: Path | None) -> None:
+@click.option("--store", help="Store URL; a PostgreSQL store holds the cluster's secret.")
+def token(user: str | None, publisher: str | None, ttl: int | None, data_dir: Path | None,
+          store: str | None) -> None:
     """Print a subscriber token for USER (or a publisher token) and a newline."""
     if (user is None) == (publisher is None):
         raise click.UsageError("give either USER or --publisher NAME")
     if ttl is not None and ttl <= 0:
         raise click.BadParameter("must be positive", param_hint="--ttl")
-    signer = TokenSigner.from_keyring(Settings.from_env(data_dir=data_dir).keyring())
+    settings = Settings.from_env(data_dir=data_dir, store=store)
+    signer = TokenSigner.from_keyring(_cluster(cluster_keyring, settings) or settings.keyring())
     try:
         if publisher is not None:
             click.echo(signer.publisher(publisher, ttl=ttl))
@@ -102,21 +106,32 @@ def token(user: str | None, publisher: str | None, ttl: int | None, data_dir: Pa
 
 @cli.command("rotate-secret")
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Data directory holding the secret.")
+@click.option("--store", help="Store URL; a PostgreSQL store holds the cluster's secret.")
 @click.option("--grace", callback=_duration, default="24h", show_default=True,
               help="How long tokens signed with the current secret stay valid (90s, 12h, 30d).")
-def rotate_secret_command(data_dir: Path | None, grace: int) -> None:
+def rotate_secret_command(data_dir: Path | None, store: str | None, grace: int) -> None:
     """Sign new tokens with a fresh secret; accept the current one for a grace period.
 
     A running server picks the new secret up when it restarts.
     """
-    settings = Settings.from_env(data_dir=data_dir)
+    settings = Settings.from_env(data_dir=data_dir, store=store)
     if settings.secret:
         raise click.UsageError("the secret comes from SSE_NOTIFY_SECRET: set the new one there "
                                "and the old one in SSE_NOTIFY_PREVIOUS_SECRET")
-    keyring = rotate_secret(settings.data_dir, grace)
+    keyring = _cluster(rotate_cluster_secret, settings, grace)
+    where = "the store's database" if keyring is not None else settings.data_dir / SECRET_FILE
+    keyring = keyring or rotate_secret(settings.data_dir, grace)
     until = datetime.fromtimestamp(keyring.previous_until or 0, timezone.utc).isoformat(timespec="seconds")
-    click.echo(f"New secret in {settings.data_dir / SECRET_FILE}; tokens signed with the previous "
+    click.echo(f"New secret in {where}; tokens signed with the previous "
                f"one are accepted until {until}. Restart the service to use it.", err=True)
+
+
+def _cluster(function: Callable[..., Keyring | None], *args: object) -> Keyring | None:
+    """``function`` (the secret a PostgreSQL store keeps), its failure as one line."""
+    try:
+        return function(*args)
+    except StoreConfigError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def raise_open_files_limit(want: int = 1 << 20) -> int:
@@ -158,6 +173,10 @@ async def _serve(settings: Settings) -> None:
 
     from .app import create_app
 
+    try:
+        await check_store(settings.store_url)
+    except StoreConfigError as exc:
+        raise click.ClickException(str(exc)) from None
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = create_app(settings)
     config = Config()
