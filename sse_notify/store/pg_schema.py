@@ -181,5 +181,9 @@ def is_unavailable(exc: BaseException) -> bool:
 
 def unavailable(exc: BaseException) -> StoreUnavailable:
     """The error a caller gets when PostgreSQL cannot answer."""
+    if isinstance(exc, StoreUnavailable):
+        return exc
+    if isinstance(exc, TimeoutError):
+        return StoreUnavailable(f"PostgreSQL did not answer within {COMMAND_TIMEOUT:g} s")
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return StoreUnavailable(f"PostgreSQL: {text}")

@@ -246,8 +246,9 @@ class PostgresStore:
                 for job in jobs:
                     await self._commit_batch([job])
                 return
-            log.error("PostgreSQL write failed: %s", exc)
-            _fail(jobs, unavailable(exc))
+            error = unavailable(exc)
+            log.error("write failed: %s", error)
+            _fail(jobs, error)
             return
         if committed and self.on_commit is not None:
             try:
@@ -259,16 +260,22 @@ class PostgresStore:
                 future.set_result(result)
 
     async def _transaction(self, jobs: list[_Job]) -> tuple[list[Notification], list[Any]]:
-        pool = self._pool
-        if pool is None:
-            raise StoreUnavailable("the store is not open")
-        async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
-            for _ in range(3):
-                try:
-                    return await self._attempt(conn, jobs)
-                except _KeyTaken:  # run again: the lookup now finds the winner's ids
-                    continue
-        raise RuntimeError("idempotency keys kept being taken by other nodes")
+        outcome = None
+        try:
+            async with self._acquire() as conn:
+                for _ in range(3):
+                    try:
+                        outcome = await self._attempt(conn, jobs)
+                        break
+                    except _KeyTaken:  # run again: the lookup now finds the winner's ids
+                        continue
+        except Exception as exc:
+            if outcome is None:
+                raise
+            log.warning("connection lost after a commit: %s", exc)  # committed all the same
+        if outcome is None:
+            raise RuntimeError("idempotency keys kept being taken by other nodes")
+        return outcome
 
     async def _attempt(self, conn: asyncpg.Connection,
                        jobs: list[_Job]) -> tuple[list[Notification], list[Any]]:
@@ -295,9 +302,10 @@ class PostgresStore:
                         "ON CONFLICT DO NOTHING RETURNING id", *args)))
                 else:  # probe
                     results.append(await conn.execute("UPDATE health SET probed_at = $1", now_ms()))
-        except BaseException:
-            with contextlib.suppress(Exception):  # the connection may be gone with it
-                await transaction.rollback()
+        except BaseException as exc:
+            if not is_unavailable(exc):  # else the connection is terminated, and the transaction with it
+                with contextlib.suppress(Exception):
+                    await transaction.rollback()
             raise
         try:
             await transaction.commit()
@@ -392,12 +400,23 @@ class PostgresStore:
     # -- reads: any pooled connection -----------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+    async def _acquire(self) -> AsyncIterator[asyncpg.Connection]:
         pool = self._pool
         if pool is None:
             raise StoreUnavailable("the store is not open")
+        async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+            try:
+                yield conn
+            except Exception as exc:
+                if is_unavailable(exc):  # releasing it would wait on a server that does not answer
+                    conn.terminate()
+                raise
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection; whatever fails in it is :class:`StoreUnavailable`."""
         try:
-            async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+            async with self._acquire() as conn:
                 yield conn
         except (asyncpg.PostgresError, *UNAVAILABLE_ERRORS) as exc:
             raise unavailable(exc) from exc
