@@ -15,12 +15,12 @@ import pytest
 
 from sse_notify.models import Notification, NotificationDraft, now_ms
 from sse_notify.store import HistoryPage, Store, StoreUnavailable, open_store
-from sse_notify.store import postgres as postgres_module
+from sse_notify.store import pg_batch
 from sse_notify.store import sqlite as sqlite_module
 from sse_notify.store.postgres import PostgresStore
 from sse_notify.store.sqlite import IDEMPOTENCY_WINDOW_MS, SQLiteStore
 
-assert postgres_module.IDEMPOTENCY_WINDOW_MS == IDEMPOTENCY_WINDOW_MS
+assert pg_batch.IDEMPOTENCY_WINDOW_MS == IDEMPOTENCY_WINDOW_MS
 
 
 def draft(user: str | None = "alice", title: str = "t", topic: str | None = None,
@@ -80,7 +80,7 @@ class Clock:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch):
         self.now = 1_700_000_000_000
-        for module in (sqlite_module, postgres_module):
+        for module in (sqlite_module, pg_batch):
             monkeypatch.setattr(module, "now_ms", lambda: self.now)
 
 

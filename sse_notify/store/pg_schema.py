@@ -91,6 +91,9 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError, asyncpg.exceptions.InsufficientResourcesError,
     asyncpg.exceptions.PostgresSystemError, asyncpg.exceptions.ReadOnlySQLTransactionError,
+    # a connection whose backend was terminated while idle can be left in a state where
+    # the next statement fails with this
+    asyncpg.exceptions.InternalClientError,
 )
 
 

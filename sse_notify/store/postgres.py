@@ -12,15 +12,12 @@ Deliberate decisions:
   already visible. The cost: the row is one lock for the whole cluster, held from a
   batch's insert to its commit (one fsync), so throughput comes from batching.
 * **Group commit, as on SQLite.** One writer task per store takes everything queued
-  (publishes, marks, prunes, probes) and runs it in one transaction: all the publishes in
-  one ``INSERT ... SELECT FROM unnest(...)`` statement whatever their number, then the other
-  writes. ``add()`` returns after COMMIT (``synchronous_commit`` on), and ``on_commit`` has
-  seen the batch, in id order, by then. A job PostgreSQL refuses fails alone: the batch
-  is retried job by job (PostgreSQL being unreachable fails them all at once).
-* **One lock order for every transaction** -- counter, then idempotency keys, then reads,
-  then the health row -- so nodes never deadlock: publishes go first in a batch (they are
-  concurrent with the marks and prunes queued beside them, so either order is valid),
-  then prunes, then marks, then probes.
+  (publishes, marks, prunes, probes) and runs it in one transaction on a connection it
+  keeps (``pg_batch.py``: all the publishes in one insert statement whatever their
+  number, and one lock order for every transaction, so nodes never deadlock). ``add()``
+  returns after COMMIT (``synchronous_commit`` on), and ``on_commit`` has seen the batch,
+  in id order, by then. A job PostgreSQL refuses fails alone: the batch is retried job by
+  job (PostgreSQL being unreachable fails them all at once).
 * **Idempotency keys across nodes**: a batch first looks its keys up, then after its
   insert claims the new ones with ``INSERT ... ON CONFLICT`` (which waits for another
   node's transaction holding the same key). If a key was taken meanwhile, the whole
@@ -37,8 +34,11 @@ Deliberate decisions:
   transaction id is known, so the writer asks PostgreSQL (``pg_xact_status``) on a new
   connection for up to a few seconds: committed -> the batch is answered as committed;
   aborted or still unknown -> :class:`StoreUnavailable`. In the unknown case the
-  notifications may still be in the log: followers deliver them, and a publisher that
-  retries with an ``Idempotency-Key`` gets the first answer, not a second copy.
+  notifications may still be in the log, and ``on_commit`` has not seen them: the
+  followers (this node's included) deliver them when they catch up with the store, and a
+  publisher that retries with an ``Idempotency-Key`` gets the first answer, not a second
+  copy (without a key, a retry may store a second copy). A lost answer to a batch of only
+  marks or prunes is answered 503 too: doing them again is harmless.
 """
 
 from __future__ import annotations
@@ -50,75 +50,33 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import asyncpg
-import orjson
 
 from ..config import Keyring
-from ..models import Notification, NotificationDraft, now_ms
+from ..models import Notification, NotificationDraft
 from . import HistoryPage, PublishResult, StoreConfigError, StoreUnavailable
-from .pg_schema import (PRUNE_LOCK, UNAVAILABLE_ERRORS, connect_pool, is_unavailable, load_keyring,
-                        migrate, rotate_keyring, safe_url, unavailable)
+from .pg_batch import COLUMNS, ORDER, Job, KeyTaken, row_to_notification, run_jobs, visible
+from .pg_schema import (UNAVAILABLE_ERRORS, connect_pool, is_unavailable, load_keyring, migrate,
+                        rotate_keyring, safe_url, unavailable)
 
 __all__ = ["PostgresStore"]
 
 log = logging.getLogger(__name__)
 
-IDEMPOTENCY_WINDOW_MS = 24 * 3600 * 1000
 ACQUIRE_TIMEOUT = 3.0  # seconds to get a connection (opening one included)
 PING_TIMEOUT = 2.0
 RESOLVE_TIMEOUT = 3.0  # seconds spent finding out whether a lost COMMIT committed
 
-_COLUMNS = "id, user_id, topic, title, body, priority, data, created_at"
-
-_INSERT = f"""
-WITH c AS (
-    UPDATE counter SET last = last + $1, last_created = greatest(last_created, $2)
-    RETURNING last - $1 AS base, last_created),
-i AS (
-    INSERT INTO notifications ({_COLUMNS})
-    SELECT c.base + u.n, u.user_id, u.topic, u.title, u.body, u.priority, u.data, c.last_created
-    FROM c, unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[])
-         WITH ORDINALITY AS u(user_id, topic, title, body, priority, data, n))
-SELECT base, last_created, pg_current_xact_id()::text FROM c
-"""
-_FIND_KEYS = """
-SELECT publisher, key, first_id, count FROM idempotency
-WHERE (publisher, key) IN (SELECT * FROM unnest($1::text[], $2::text[])) AND created_at > $3
-"""
-# An expired key (not pruned yet) is taken over; a live one (another node's) is not.
-_CLAIM_KEYS = """
-INSERT INTO idempotency (publisher, key, first_id, count, created_at)
-SELECT p, k, f, n, $5 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::int[]) AS u(p, k, f, n)
-ON CONFLICT (publisher, key) DO UPDATE
-    SET first_id = EXCLUDED.first_id, count = EXCLUDED.count, created_at = EXCLUDED.created_at
-    WHERE idempotency.created_at <= $6
-RETURNING publisher, key
-"""
-
-
-def _visible(where: str = "") -> str:
-    """The notifications user ``$1`` can see (own + broadcast), as two index range scans."""
-    return (f"SELECT {_COLUMNS} FROM notifications WHERE user_id = $1 {where} "
-            f"UNION ALL SELECT {_COLUMNS} FROM notifications WHERE user_id IS NULL {where}")
-
-
-def _row_to_notification(row: Sequence[Any]) -> Notification:
-    data = row[6]
-    return Notification(row[0], row[1], row[2], row[3], row[4], row[5],
-                        None if data is None else orjson.loads(data), row[7])
-
-
-_Job = tuple[str, tuple[Any, ...], "asyncio.Future[Any]"]
-_ORDER = {"add": 0, "prune": 1, "mark": 2, "mark_all": 2, "probe": 3}  # the lock order
-
-
-def _fail(jobs: list[_Job], error: Exception) -> None:
+def _fail(jobs: list[Job], error: Exception) -> None:
     for *_, future in jobs:
         if not future.done():
             future.set_exception(error)
 
 
-class _KeyTaken(Exception):
-    """Another node committed one of this batch's idempotency keys first."""
+def _usable(conn: asyncpg.Connection) -> bool:
+    try:
+        return not conn.is_closed()
+    except asyncpg.InterfaceError:  # the pool took it back when it closed
+        return False
 
 
 class _LostCommit(Exception):
@@ -134,9 +92,10 @@ class PostgresStore:
         self.url = url
         self.on_commit: Callable[[list[Notification]], None] | None = None
         self._pool: asyncpg.Pool | None = None
-        self._jobs: list[_Job] = []
+        self._jobs: list[Job] = []
         self._wake = asyncio.Event()
         self._writer_task: asyncio.Task[None] | None = None
+        self._writer_conn: asyncpg.Connection | None = None
         self._closing = False
 
     @classmethod
@@ -168,6 +127,7 @@ class PostgresStore:
             self._writer_task = None
         _fail(self._jobs, StoreUnavailable("the store is closed"))
         self._jobs = []
+        await self._release_writer_connection(healthy=True)
         await self._close_pool()
 
     async def _close_pool(self) -> None:
@@ -225,9 +185,9 @@ class PostgresStore:
             self._wake.clear()
             jobs, self._jobs = self._jobs, []
             if jobs:
-                await self._commit_batch(sorted(jobs, key=lambda job: _ORDER[job[0]]))
+                await self._commit_batch(sorted(jobs, key=lambda job: ORDER[job[0]]))
 
-    async def _commit_batch(self, jobs: list[_Job]) -> None:
+    async def _commit_batch(self, jobs: list[Job]) -> None:
         try:
             committed, results = await self._transaction(jobs)
         except asyncio.CancelledError:
@@ -259,49 +219,48 @@ class PostgresStore:
             if not future.done():
                 future.set_result(result)
 
-    async def _transaction(self, jobs: list[_Job]) -> tuple[list[Notification], list[Any]]:
-        outcome = None
+    async def _transaction(self, jobs: list[Job]) -> tuple[list[Notification], list[Any]]:
+        conn = await self._writer_connection()
         try:
-            async with self._acquire() as conn:
-                for _ in range(3):
-                    try:
-                        outcome = await self._attempt(conn, jobs)
-                        break
-                    except _KeyTaken:  # run again: the lookup now finds the winner's ids
-                        continue
+            for _ in range(3):
+                try:
+                    return await self._attempt(conn, jobs)
+                except KeyTaken:  # run again: the lookup now finds the winner's ids
+                    continue
         except Exception as exc:
-            if outcome is None:
-                raise
-            log.warning("connection lost after a commit: %s", exc)  # committed all the same
-        if outcome is None:
-            raise RuntimeError("idempotency keys kept being taken by other nodes")
-        return outcome
+            if is_unavailable(exc) or isinstance(exc, _LostCommit):
+                await self._release_writer_connection()
+            raise
+        raise RuntimeError("idempotency keys kept being taken by other nodes")
+
+    async def _writer_connection(self) -> asyncpg.Connection:
+        """The writer keeps one connection across batches (a release costs a round trip)."""
+        if self._writer_conn is not None and not _usable(self._writer_conn):
+            await self._release_writer_connection()
+        if self._writer_conn is None:
+            if self._pool is None:
+                raise StoreUnavailable("the store is not open")
+            self._writer_conn = await self._pool.acquire(timeout=ACQUIRE_TIMEOUT)
+        return self._writer_conn
+
+    async def _release_writer_connection(self, healthy: bool = False) -> None:
+        conn, self._writer_conn = self._writer_conn, None
+        if conn is None or self._pool is None:
+            return
+        # A connection that failed is terminated: a reset would wait on a server that does
+        # not answer. One the pool already took back (it closed) raises: nothing to do.
+        with contextlib.suppress(Exception):
+            if not healthy:
+                conn.terminate()
+            await self._pool.release(conn, timeout=ACQUIRE_TIMEOUT)
 
     async def _attempt(self, conn: asyncpg.Connection,
-                       jobs: list[_Job]) -> tuple[list[Notification], list[Any]]:
+                       jobs: list[Job]) -> tuple[list[Notification], list[Any]]:
         committed: list[Notification] = []
-        results: list[Any] = []
-        xid = ""
         transaction = conn.transaction()
         await transaction.start()
         try:
-            adds = [args for kind, args, _ in jobs if kind == "add"]
-            if adds:
-                xid, results = await self._do_adds(conn, adds, committed)
-            for kind, args, _ in jobs[len(adds):]:
-                if kind == "prune":
-                    results.append(await self._do_prune(conn, *args))
-                elif kind == "mark":
-                    results.append(sorted(r[0] for r in await conn.fetch(
-                        "INSERT INTO reads (user_id, id) SELECT $1, id FROM notifications "
-                        "WHERE id = ANY($2::bigint[]) AND (user_id = $1 OR user_id IS NULL) "
-                        "ON CONFLICT DO NOTHING RETURNING id", *args)))
-                elif kind == "mark_all":
-                    results.append(sorted(r[0] for r in await conn.fetch(
-                        f"INSERT INTO reads (user_id, id) SELECT $1, id FROM ({_visible()}) v "
-                        "ON CONFLICT DO NOTHING RETURNING id", *args)))
-                else:  # probe
-                    results.append(await conn.execute("UPDATE health SET probed_at = $1", now_ms()))
+            xid, results = await run_jobs(conn, jobs, committed)
         except BaseException as exc:
             if not is_unavailable(exc):  # else the connection is terminated, and the transaction with it
                 with contextlib.suppress(Exception):
@@ -314,72 +273,6 @@ class PostgresStore:
                 raise
             raise _LostCommit(exc, xid, committed, results) from exc
         return committed, results
-
-    async def _do_adds(self, conn: asyncpg.Connection, adds: list[tuple[Any, ...]],
-                       committed: list[Notification]) -> tuple[str, list[PublishResult]]:
-        """All of a batch's publishes: one statement to look their keys up, one to insert
-        them, one to claim the new keys. Returns the transaction id and one result each."""
-        now = now_ms()
-        cutoff = now - IDEMPOTENCY_WINDOW_MS
-        keys = list(dict.fromkeys((publisher, key) for _, publisher, key in adds if key is not None))
-        found: dict[tuple[str, str], list[int]] = {}
-        if keys:
-            rows = await conn.fetch(_FIND_KEYS, [p for p, _ in keys], [k for _, k in keys], cutoff)
-            found = {(r[0], r[1]): list(range(r[2], r[2] + r[3])) for r in rows}
-        new: list[int] = []  # indexes into adds of what is stored now
-        first_of_key: dict[tuple[str, str], int] = {}
-        for index, (_, publisher, key) in enumerate(adds):
-            if key is not None:
-                if (publisher, key) in found or (publisher, key) in first_of_key:
-                    continue
-                first_of_key[publisher, key] = index
-            new.append(index)
-        drafts = [d for index in new for d in adds[index][0]]
-        xid, base, created_at = "", 0, now
-        if drafts:
-            columns = ([d.user for d in drafts], [d.topic for d in drafts], [d.title for d in drafts],
-                       [d.body for d in drafts], [d.priority for d in drafts],
-                       [None if d.data is None else orjson.dumps(d.data).decode() for d in drafts])
-            base, created_at, xid = await conn.fetchrow(_INSERT, len(drafts), now, *columns)
-        ids_of: dict[int, list[int]] = {}
-        next_id = base + 1
-        for index in new:
-            batch = [Notification(next_id + i, d.user, d.topic, d.title, d.body, d.priority, d.data,
-                                  created_at) for i, d in enumerate(adds[index][0])]
-            next_id += len(batch)
-            committed.extend(batch)
-            ids_of[index] = [n.id for n in batch]
-        if first_of_key:
-            claims = [(p, k, ids_of[i][0] if ids_of[i] else next_id, len(ids_of[i]))
-                      for (p, k), i in first_of_key.items()]
-            claimed = await conn.fetch(_CLAIM_KEYS, *map(list, zip(*claims)), created_at, cutoff)
-            if len(claimed) < len(claims):
-                raise _KeyTaken
-        results = []
-        for index, (_, publisher, key) in enumerate(adds):
-            if index in ids_of:
-                results.append(PublishResult(ids_of[index], created=True))
-            elif (publisher, key) in found:
-                results.append(PublishResult(found[publisher, key], created=False))
-            else:  # a repeat of a key first used earlier in this batch
-                results.append(PublishResult(ids_of[first_of_key[publisher, key]], created=False))
-        return xid, results
-
-    @staticmethod
-    async def _do_prune(conn: asyncpg.Connection, older_than_ms: int, limit: int) -> int:
-        if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", PRUNE_LOCK):
-            return 0  # another node is pruning
-        # Ids follow creation time, so the oldest ``limit`` rows are the lowest ids.
-        through = await conn.fetchval(
-            "SELECT max(id) FROM (SELECT id FROM notifications WHERE created_at < $1 "
-            "ORDER BY id LIMIT $2) s", older_than_ms, limit)
-        removed = 0
-        if through is not None:
-            await conn.execute("UPDATE counter SET pruned_through = greatest(pruned_through, $1)", through)
-            removed = int((await conn.execute("DELETE FROM notifications WHERE id <= $1", through)).split()[-1])
-            await conn.execute("DELETE FROM reads WHERE id <= $1", through)
-        await conn.execute("DELETE FROM idempotency WHERE created_at <= $1", now_ms() - IDEMPOTENCY_WINDOW_MS)
-        return removed
 
     async def _committed(self, xid: str) -> bool | None:
         """Whether transaction ``xid`` committed; None when PostgreSQL cannot tell us soon."""
@@ -429,7 +322,7 @@ class PostgresStore:
         [row] = await self._read(
             "SELECT coalesce(max(v.id), 0), count(*) FILTER (WHERE NOT EXISTS ("
             "  SELECT 1 FROM reads r WHERE r.user_id = $1 AND r.id = v.id)), "
-            f"(SELECT pruned_through FROM counter) FROM ({_visible()}) v", user)
+            f"(SELECT pruned_through FROM counter) FROM ({visible()}) v", user)
         return row[0], row[1], row[2]
 
     async def max_id(self) -> int:
@@ -439,26 +332,26 @@ class PostgresStore:
     async def replay(self, user: str, after_id: int, topics: frozenset[str] | None,
                      limit: int) -> list[Notification]:
         if topics is None:
-            rows = await self._read(f"{_visible('AND id > $2')} ORDER BY id LIMIT $3", user, after_id, limit)
+            rows = await self._read(f"{visible('AND id > $2')} ORDER BY id LIMIT $3", user, after_id, limit)
         else:
-            rows = await self._read(f"{_visible('AND id > $2 AND topic = ANY($4::text[])')} "
+            rows = await self._read(f"{visible('AND id > $2 AND topic = ANY($4::text[])')} "
                                     "ORDER BY id LIMIT $3", user, after_id, limit, sorted(topics))
-        return [_row_to_notification(row) for row in rows]
+        return [row_to_notification(row) for row in rows]
 
     async def since(self, after_id: int, limit: int) -> list[Notification]:
-        rows = await self._read(f"SELECT {_COLUMNS} FROM notifications WHERE id > $1 ORDER BY id LIMIT $2",
+        rows = await self._read(f"SELECT {COLUMNS} FROM notifications WHERE id > $1 ORDER BY id LIMIT $2",
                                 after_id, limit)
-        return [_row_to_notification(row) for row in rows]
+        return [row_to_notification(row) for row in rows]
 
     async def history(self, user: str, limit: int, before: int | None,
                       unread: bool | None) -> HistoryPage:
         filter_ = {None: "", True: "WHERE r.id IS NULL", False: "WHERE r.id IS NOT NULL"}[unread]
         rows = await self._read(
-            f"SELECT v.*, r.id IS NOT NULL FROM ({_visible('AND id < $3')}) v "
+            f"SELECT v.*, r.id IS NOT NULL FROM ({visible('AND id < $3')}) v "
             f"LEFT JOIN reads r ON r.user_id = $1 AND r.id = v.id {filter_} "
             "ORDER BY v.id DESC LIMIT $2",
             user, limit + 1, before if before is not None else 2**63 - 1)
-        items = [(_row_to_notification(row), bool(row[8])) for row in rows[:limit]]
+        items = [(row_to_notification(row), bool(row[8])) for row in rows[:limit]]
         next_before = items[-1][0].id if len(rows) > limit else None
         return HistoryPage(items, next_before)
 
