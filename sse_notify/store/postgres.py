@@ -52,7 +52,7 @@ from typing import Any
 import asyncpg
 
 from ..config import Keyring
-from ..models import Notification, NotificationDraft
+from ..models import MAX_ID, Notification, NotificationDraft
 from . import HistoryPage, PublishResult, StoreConfigError, StoreUnavailable
 from .pg_batch import COLUMNS, ORDER, Job, KeyTaken, row_to_notification, run_jobs, visible
 from .pg_schema import (UNAVAILABLE_ERRORS, connect_pool, is_unavailable, load_keyring, migrate,
@@ -350,7 +350,7 @@ class PostgresStore:
             f"SELECT v.*, r.id IS NOT NULL FROM ({visible('AND id < $3')}) v "
             f"LEFT JOIN reads r ON r.user_id = $1 AND r.id = v.id {filter_} "
             "ORDER BY v.id DESC LIMIT $2",
-            user, limit + 1, before if before is not None else 2**63 - 1)
+            user, limit + 1, before if before is not None else MAX_ID)  # no id reaches MAX_ID
         items = [(row_to_notification(row), bool(row[8])) for row in rows[:limit]]
         next_before = items[-1][0].id if len(rows) > limit else None
         return HistoryPage(items, next_before)
