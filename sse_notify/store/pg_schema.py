@@ -19,9 +19,9 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
@@ -31,6 +31,8 @@ from . import StoreConfigError, StoreUnavailable
 __all__ = ["connect_pool", "migrate", "load_keyring", "rotate_keyring", "safe_url", "is_unavailable",
            "unavailable", "MIGRATIONS", "UNAVAILABLE_ERRORS"]
 
+_PASSWORD = re.compile(r"(://[^:/@?#]*):[^@/?#]*@")  # user:password@ -> user@
+_PASSWORD_PARAM = re.compile(r"([?&]password=)[^&#]*")
 CONNECT_TIMEOUT = 3.0  # seconds to open one connection
 COMMAND_TIMEOUT = 5.0  # seconds any one statement may take
 POOL_SIZE = 10
@@ -98,13 +100,8 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 
 
 def safe_url(url: str) -> str:
-    """``url`` without its password, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username}@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    """``url`` without its password, for messages and logs (also when it is malformed)."""
+    return _PASSWORD_PARAM.sub(r"\1***", _PASSWORD.sub(r"\1@", url))
 
 
 def _reason(exc: BaseException) -> str:
@@ -122,16 +119,24 @@ def _reason(exc: BaseException) -> str:
 
 
 async def connect_pool(url: str) -> asyncpg.Pool:
-    """A pool to ``url``, with one connection opened now to check the configuration."""
+    """A pool to ``url``, with one connection opened now to check the configuration.
+
+    The pool keeps no minimum of connections: asyncpg would log a traceback each time it
+    failed to restore one while PostgreSQL is away; connections open on demand instead."""
+    pool = None
     try:
-        return await asyncpg.create_pool(
-            url, min_size=1, max_size=POOL_SIZE, timeout=CONNECT_TIMEOUT,
+        pool = await asyncpg.create_pool(
+            url, min_size=0, max_size=POOL_SIZE, timeout=CONNECT_TIMEOUT,
             command_timeout=COMMAND_TIMEOUT,
             server_settings={"application_name": "sse-notify", "synchronous_commit": "on"})
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        async with pool.acquire(timeout=CONNECT_TIMEOUT + 1):
+            return pool
+    except (OSError, TimeoutError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        if pool is not None:
+            pool.terminate()
+        if isinstance(exc, ValueError) and not isinstance(exc, asyncpg.InterfaceError):
+            raise StoreConfigError(f"invalid PostgreSQL store URL {safe_url(url)}: {exc}") from None
         raise StoreConfigError(f"cannot use the PostgreSQL store at {safe_url(url)}: {_reason(exc)}") from None
-    except ValueError as exc:  # a malformed URL
-        raise StoreConfigError(f"invalid PostgreSQL store URL {safe_url(url)}: {exc}") from None
 
 
 async def migrate(conn: asyncpg.Connection) -> int:

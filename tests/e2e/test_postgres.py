@@ -13,6 +13,7 @@ import asyncio
 import concurrent.futures
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,8 @@ from sse_notify.config import Settings
 from sse_notify.store import StoreConfigError, cluster_keyring
 from sse_notify.tokens import TokenSigner
 
-from ..helpers import ServerProcess, open_sse, uid
+from ..helpers import ServerProcess, open_sse, poll, uid
+from ..test_store_postgres import Proxy, through
 from .test_cli import clean_env
 
 pytestmark = pytest.mark.timeout(120)
@@ -142,6 +144,44 @@ async def test_publishes_from_many_clients_get_distinct_increasing_ids(make_pg: 
         results = await asyncio.gather(*(server.publish(c, user=f"u{i % 7}", title=str(i)) for i in range(100)))
     ids = sorted(i for r in results for i in r)
     assert ids == list(range(ids[0], ids[0] + 100))
+
+
+async def test_postgresql_cut_off_answers_503_keeps_streams_and_recovers(
+        tmp_path: Path, postgres_url: str) -> None:
+    """The server reaches PostgreSQL through a proxy the test cuts: publishing, history and
+    /healthz answer 503 with the JSON error within seconds (never a 500, never a hang), the
+    open stream stays up, and when PostgreSQL is back everything works again by itself."""
+    target = httpx.URL(postgres_url)
+    proxy = Proxy((target.host, target.port or 5432))
+    await proxy.up()
+    server = PgServer(tmp_path / "node", through(proxy, postgres_url), env={"SSE_NOTIFY_SECRET": "s"})
+    await asyncio.to_thread(server.start)  # the proxy serves from this loop meanwhile
+    try:
+        async with server.client() as c, open_sse(server, server.token("alice")) as stream:
+            [before] = await server.publish(c, user="alice", title="before")
+            assert [n["id"] for n in await stream.notifications(1)] == [before]
+            await proxy.down()
+            for method, path, body in [("POST", "/notifications", {"user": "alice", "title": "x"}),
+                                       ("GET", "/notifications", None), ("GET", "/healthz", None)]:
+                started = time.monotonic()
+                token = server.publisher_token() if method == "POST" else server.token("alice")
+                resp = await c.request(method, path, json=body, headers={"Authorization": f"Bearer {token}"})
+                assert time.monotonic() - started < 6, path
+                assert resp.status_code == 503, (path, resp.text)
+                assert resp.json()["error"] == "unavailable"
+            await proxy.up()
+            assert await poll(lambda: _healthy(c), timeout=10)
+            [after] = await server.publish(c, user="alice", title="after")
+            assert after == before + 1  # the refused publishes took no id
+            assert [n["id"] for n in await stream.notifications(1)] == [after]  # the stream stayed up
+    finally:
+        await asyncio.to_thread(server.stop)
+        await proxy.down()
+    assert "Traceback" not in server.log, server.log
+
+
+async def _healthy(c: httpx.AsyncClient) -> bool:
+    return (await c.get("/healthz")).status_code == 200
 
 
 # -- two nodes on one database ----------------------------------------------------------
