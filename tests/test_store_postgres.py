@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 
@@ -252,8 +253,9 @@ async def test_a_password_never_shows_in_the_message(url: str) -> None:
 
 class Proxy:
     """A TCP proxy to PostgreSQL that a test can cut (``down``: refuse and drop every
-    connection), freeze (``freeze``: keep connections open, forward nothing) or have lose
-    the answer to the next COMMIT (``lose_commit_answer``)."""
+    connection), freeze (``frozen``: keep connections open, forward nothing) or have lose
+    the answer to the next COMMIT (``lose_commit_answer``, and then go down with
+    ``down_after_losing``)."""
 
     def __init__(self, target: tuple[str, int]):
         self.target = target
@@ -261,7 +263,9 @@ class Proxy:
         self.frozen = False
         self.lose_commit_answer = False
         self.lost_commits = 0
+        self.down_after_losing = False
         self._swallowing = False
+        self._downing: asyncio.Task[None] | None = None
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -312,6 +316,8 @@ class Proxy:
                     await asyncio.sleep(0.3)
                     self.lost_commits += 1
                     self._swallowing = False
+                    if self.down_after_losing:  # from another task: down() waits for this one
+                        self._downing = asyncio.create_task(self.down())
                     return
         finally:
             writer.transport.abort()
@@ -342,10 +348,15 @@ async def answered_unavailable(call: Callable[[], object], within: float) -> Non
 
 async def recovers(store: PostgresStore, timeout: float = 10) -> list[int]:
     """Publishing works again within ``timeout`` (each try answered, none hanging)."""
+    return (await recovers_with(lambda: store.add([draft()], "pub"), timeout)).ids
+
+
+async def recovers_with(call: Callable[[], Any], timeout: float = 10) -> Any:
+    """``call()`` until it stops answering StoreUnavailable, within ``timeout``."""
     async with asyncio.timeout(timeout):
         while True:
             try:
-                return (await store.add([draft()], "pub")).ids
+                return await call()
             except StoreUnavailable:
                 await asyncio.sleep(0.1)
 
@@ -425,6 +436,27 @@ async def test_a_commit_whose_answer_was_lost_is_found_committed(
         assert result.created and result.ids == [1, 2]
         assert [n.id for n in committed] == [1, 2]
         assert [n.id for n in await store.since(0, 10)] == [1, 2]
+    finally:
+        await store.close()
+
+
+async def test_a_commit_of_unknown_outcome_is_503_and_a_keyed_retry_gets_the_first_answer(
+        postgres_url: str, proxy: Proxy) -> None:
+    """COMMIT's answer is lost and PostgreSQL stays out of reach: the publish answers
+    StoreUnavailable (it may have committed -- here it did); retried with its idempotency
+    key once PostgreSQL is back, it gets the ids it was given, and nothing is stored twice."""
+    store = PostgresStore(through(proxy, postgres_url))
+    await store.open()
+    try:
+        proxy.lose_commit_answer = proxy.down_after_losing = True
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="may or may not have committed"):
+            await store.add([draft()], "pub", "key-1")
+        assert time.monotonic() - started < 8
+        await proxy.up()
+        retried = await recovers_with(lambda: store.add([draft()], "pub", "key-1"))
+        assert (retried.created, retried.ids) == (False, [1])
+        assert [n.id for n in await store.since(0, 10)] == [1]
     finally:
         await store.close()
 

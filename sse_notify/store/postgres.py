@@ -66,6 +66,7 @@ ACQUIRE_TIMEOUT = 3.0  # seconds to get a connection (opening one included)
 PING_TIMEOUT = 2.0
 RESOLVE_TIMEOUT = 3.0  # seconds spent finding out whether a lost COMMIT committed
 
+
 def _fail(jobs: list[Job], error: Exception) -> None:
     for *_, future in jobs:
         if not future.done():
@@ -195,8 +196,10 @@ class PostgresStore:
             raise
         except _LostCommit as lost:
             log.error("PostgreSQL connection lost during COMMIT: %s", lost)
-            if await self._committed(lost.xid) is not True:
-                _fail(jobs, StoreUnavailable(f"PostgreSQL: the commit's outcome is unknown ({lost})"))
+            outcome = await self._committed(lost.xid)
+            if outcome is not True:
+                what = "did not commit" if outcome is False else "may or may not have committed"
+                _fail(jobs, StoreUnavailable(f"PostgreSQL: the connection was lost; the batch {what}"))
                 return
             committed, results = lost.committed, lost.results
         except Exception as exc:
