@@ -2,7 +2,9 @@
 fresh database of the real PostgreSQL publishes, streams, replays, keeps history and read
 state, keeps its data across a restart, and shares its secret and idempotency keys with a
 second node on the same database; ``token``/``rotate-secret --store`` use the database's
-secret; a database it cannot use stops it with one line and a non-zero exit.
+secret; a database it cannot use stops it with one line and a non-zero exit; PostgreSQL
+out of reach (a proxy the test cuts) gets 503s within seconds, open streams stay up, and
+the service recovers by itself.
 
 (Live delivery between nodes is the follower's, tested with it.)
 """
