@@ -27,6 +27,7 @@ import click
 
 from .config import (ENV_PREFIX, SECRET_FILE, Keyring, MissingSecret, Settings, parse_duration, redact_url,
                      rotate_secret)
+from .store import StoreConfigError, check_store, cluster_keyring, rotate_cluster_secret
 from .tokens import DEFAULT_SUBSCRIBER_TTL, TokenSigner
 
 __all__ = ["main", "raise_open_files_limit", "start_line"]
@@ -63,6 +64,7 @@ def _setting(flag: str, text: str, *, shown: str | None = None, **kwargs: Any) -
 _DATA_DIR_DEFAULT = "./sse-notify-data"
 #: How ``token`` and ``rotate-secret`` are pointed at the server's secret.
 _SECRET_HINT = ("point to the server's data directory with --data-dir DIR or SSE_NOTIFY_DATA_DIR, "
+                "to its PostgreSQL store with --store URL, "
                 "or give the secret in SSE_NOTIFY_SECRET")
 
 
@@ -151,12 +153,15 @@ _TTL_HOURS = f"{DEFAULT_SUBSCRIBER_TTL / 3600:g} h"
               help=f"Lifetime in seconds.  [default: subscriber {DEFAULT_SUBSCRIBER_TTL} ({_TTL_HOURS}); "
                    "publisher: no expiry]")
 @_data_dir_option("The server's data directory, which holds the secret.")
-def token(user: str | None, publisher: str | None, ttl: int | None, data_dir: Path | None) -> None:
+@_setting("--store", "Store URL; a PostgreSQL store holds the cluster's secret.", shown="none, the data directory's secret")
+def token(user: str | None, publisher: str | None, ttl: int | None, data_dir: Path | None,
+          store: str | None) -> None:
     if (user is None) == (publisher is None):
         raise click.UsageError("give either USER or --publisher NAME")
     if ttl is not None and ttl <= 0:
         raise click.BadParameter("must be positive", param_hint="--ttl")
-    signer = TokenSigner.from_keyring(_existing_keyring(_settings(data_dir=data_dir)))
+    settings = _settings(data_dir=data_dir, store=store)
+    signer = TokenSigner.from_keyring(_cluster(cluster_keyring, settings) or _existing_keyring(settings))
     try:
         if publisher is not None:
             click.echo(signer.publisher(publisher, ttl=ttl))
@@ -168,23 +173,37 @@ def token(user: str | None, publisher: str | None, ttl: int | None, data_dir: Pa
 
 @cli.command("rotate-secret", short_help="Sign with a fresh secret; the current one stays valid for a grace period.")
 @_data_dir_option("The server's data directory, which holds the secret.")
+@_setting("--store", "Store URL; a PostgreSQL store holds the cluster's secret.", shown="none, the data directory's secret")
 @click.option("--grace", callback=_duration, default="24h", show_default=True, metavar="DURATION",
               help="How long tokens signed with the current secret stay valid (90s, 12h, 30d).")
-def rotate_secret_command(data_dir: Path | None, grace: int) -> None:
+def rotate_secret_command(data_dir: Path | None, store: str | None, grace: int) -> None:
     """Sign new tokens with a fresh secret; accept the current one for a grace period.
 
     A running server picks the new secret up when it restarts. Only `sse-notify serve`
     creates the first secret: without one this command fails and creates nothing.
     """
-    settings = _settings(data_dir=data_dir)
+    settings = _settings(data_dir=data_dir, store=store)
     if settings.secret:
         raise click.UsageError("the secret comes from SSE_NOTIFY_SECRET: set the new one there "
                                "and the old one in SSE_NOTIFY_PREVIOUS_SECRET")
-    _existing_keyring(settings)
-    keyring = rotate_secret(settings.data_dir, grace)
+    keyring = _cluster(rotate_cluster_secret, settings, grace)
+    if keyring is not None:
+        where = "the store's database"
+    else:
+        _existing_keyring(settings)
+        keyring = rotate_secret(settings.data_dir, grace)
+        where = str((settings.data_dir / SECRET_FILE).resolve())
     until = datetime.fromtimestamp(keyring.previous_until or 0, timezone.utc).isoformat(timespec="seconds")
-    click.echo(f"New secret in {(settings.data_dir / SECRET_FILE).resolve()}; tokens signed with the previous "
+    click.echo(f"New secret in {where}; tokens signed with the previous "
                f"one are accepted until {until}. Restart the service to use it.", err=True)
+
+
+def _cluster(function: Callable[..., Keyring | None], *args: object) -> Keyring | None:
+    """``function`` (the secret a PostgreSQL store keeps), its failure as one line."""
+    try:
+        return function(*args)
+    except StoreConfigError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def raise_open_files_limit(want: int = 1 << 20) -> int:
@@ -226,6 +245,10 @@ async def _serve(settings: Settings) -> None:
 
     from .app import create_app
 
+    try:
+        await check_store(settings.store_url)
+    except StoreConfigError as exc:
+        raise click.ClickException(str(exc)) from None
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     try:
         app = create_app(settings)

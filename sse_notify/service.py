@@ -1,6 +1,10 @@
 """The running service: the store, broker, hub, limits and token signer, wired together, and
 the operations the HTTP API and the WebSocket transport share (publish, mark read).
 
+The signing keyring comes from the settings (``SSE_NOTIFY_SECRET`` or the data directory's
+file) unless the store keeps the cluster's secret (PostgreSQL): then it is read, or made by
+the first node, in :meth:`Service.start`, before anything is served.
+
 Publishing flows ``store.add()`` (group commit, ids assigned) -> the store's commit
 listener -> ``broker.publish()`` (in id order) -> every node's follower task (which fills
 from the store whatever the broker lost, :mod:`sse_notify.follower`) -> ``hub.dispatch()``.
@@ -13,12 +17,12 @@ import logging
 from collections.abc import Sequence
 
 from .broker import Broker, open_broker
-from .config import Settings
+from .config import Keyring, Settings
 from .follower import Follower
 from .hub import Hub
 from .limits import PublishRate, StreamSlots
 from .models import NotificationDraft, ReadChange, now_ms
-from .store import BulkPublishResult, PublishResult, Store, open_store
+from .store import BulkPublishResult, PublishResult, SecretKeeper, Store, open_store
 from .tokens import TokenSigner
 
 __all__ = ["Service"]
@@ -30,12 +34,16 @@ PRUNE_CHUNK = 2000  # notifications removed per write transaction
 
 
 class Service:
+    keyring: Keyring
+    signer: TokenSigner
+
     def __init__(self, settings: Settings, *, store: Store | None = None,
                  broker: Broker | None = None):
         self.settings = settings
-        self.keyring = settings.keyring()
-        self.signer = TokenSigner.from_keyring(self.keyring)
         self.store = store if store is not None else open_store(settings.store_url)
+        self._secret_in_store = not settings.secret and isinstance(self.store, SecretKeeper)
+        if not self._secret_in_store:
+            self._use_keyring(settings.keyring())
         self.broker = broker if broker is not None else open_broker(settings.broker_url)
         self.hub = Hub(settings.stream_buffer)
         self.follower = Follower(self.store, self.broker, self.hub.dispatch)
@@ -48,6 +56,11 @@ class Service:
         self.store.on_commit = self.broker.publish
         await self.store.open()
         try:
+            if self._secret_in_store:
+                assert isinstance(self.store, SecretKeeper)
+                keyring = await self.store.keyring(create=True)
+                assert keyring is not None
+                self._use_keyring(keyring)
             await self.broker.open()
             await self.follower.start()  # its position, now that the broker is subscribed
         except BaseException:
@@ -59,6 +72,10 @@ class Service:
             asyncio.create_task(self.follower.run(), name="follower"),
             asyncio.create_task(self._prune_periodically(), name="retention"),
         ]
+
+    def _use_keyring(self, keyring: Keyring) -> None:
+        self.keyring = keyring
+        self.signer = TokenSigner.from_keyring(keyring)
 
     async def stop(self) -> None:
         self.hub.close_all("shutdown")

@@ -4,21 +4,37 @@ A store keeps notifications, per-user read state and idempotency keys. Its one o
 duty: ``on_commit`` is called with each committed batch, in commit (= id) order, before
 any ``add()`` of that batch returns, so live fan-out sees notifications in id order.
 Backends are imported lazily; a caller may pass a ready instance instead of a URL.
+
+A store that several nodes share may also keep the cluster's signing secret
+(:class:`SecretKeeper`; the PostgreSQL store does): the service then takes its keyring
+from the store when it starts, and ``sse-notify token``/``rotate-secret`` read or rotate
+it there (:func:`cluster_keyring`, :func:`rotate_cluster_secret`) instead of in the data
+directory. ``SSE_NOTIFY_SECRET`` still overrides.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from ..config import Keyring, Settings
 from ..models import Notification, NotificationDraft
 
-__all__ = ["Store", "BulkPublishResult", "HistoryPage", "PublishResult", "StoreUnavailable", "open_store"]
+__all__ = ["Store", "SecretKeeper", "BulkPublishResult", "HistoryPage", "PublishResult", "StoreUnavailable",
+           "StoreConfigError", "open_store", "check_store", "cluster_keyring", "rotate_cluster_secret"]
+
+POSTGRES_SCHEMES = ("postgresql", "postgres")
 
 
 class StoreUnavailable(Exception):
     """Storage cannot answer right now (disk full, locked, removed...)."""
+
+
+class StoreConfigError(Exception):
+    """The store cannot be used as configured (unreachable, credentials refused, no such
+    database, unknown URL scheme); the message is one line an operator can act on."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,10 +102,77 @@ class Store(Protocol):
         ...
 
 
+@runtime_checkable
+class SecretKeeper(Protocol):
+    """A store that keeps the cluster's signing secret."""
+
+    async def keyring(self, create: bool) -> Keyring | None:
+        """The secret (made first, with ``create``, if there is none); None: there is none."""
+        ...
+
+    async def rotate_secret(self, grace: int) -> Keyring | None:
+        """A new signing secret, the current one accepted ``grace`` more seconds; None
+        (nothing changed) when there is no secret yet."""
+        ...
+
+
 def open_store(url: str) -> Store:
     scheme = url.split(":", 1)[0]
     if scheme == "sqlite":
         from .sqlite import SQLiteStore
 
         return SQLiteStore.from_url(url)
-    raise ValueError(f"unsupported store URL scheme: {scheme!r}")
+    if scheme in POSTGRES_SCHEMES:
+        from .postgres import PostgresStore
+
+        return PostgresStore.from_url(url)
+    raise ValueError(f"unsupported store URL scheme: {scheme!r} (use sqlite:// or postgresql://)")
+
+
+async def check_store(url: str) -> None:
+    """Fail early, with :class:`StoreConfigError`, on a store that cannot be used as
+    configured: an unknown scheme, or a database that refuses or cannot be reached."""
+    try:
+        open_store(url)
+    except ValueError as exc:
+        raise StoreConfigError(str(exc)) from None
+    if _is_postgres(url):  # a database server: connect once
+        from .pg_schema import connect_pool
+
+        await (await connect_pool(url)).close()
+
+
+def cluster_keyring(settings: Settings) -> Keyring | None:
+    """The secret the configured store keeps for the cluster; None when the secret is not
+    the store's to keep (SQLite, or ``SSE_NOTIFY_SECRET`` set). Never makes one: with none
+    yet (no server started), :class:`StoreConfigError`."""
+    if settings.secret or not _is_postgres(settings.store_url):
+        return None
+    return asyncio.run(_with_secret_keeper(settings.store_url, lambda store: store.keyring(create=False)))
+
+
+def rotate_cluster_secret(settings: Settings, grace: int) -> Keyring | None:
+    """Rotate the secret the configured store keeps (None when it keeps none, as for
+    :func:`cluster_keyring`); with no secret yet, :class:`StoreConfigError`."""
+    if settings.secret or not _is_postgres(settings.store_url):
+        return None
+    return asyncio.run(_with_secret_keeper(settings.store_url, lambda store: store.rotate_secret(grace)))
+
+
+async def _with_secret_keeper(url: str, use: Callable[[SecretKeeper], Awaitable[Keyring | None]]) -> Keyring:
+    store = open_store(url)
+    assert isinstance(store, SecretKeeper)
+    await store.open()
+    try:
+        keyring = await use(store)
+    except StoreUnavailable as exc:
+        raise StoreConfigError(str(exc)) from None
+    finally:
+        await store.close()
+    if keyring is None:
+        raise StoreConfigError("the store holds no secret yet: start the server once to create it")
+    return keyring
+
+
+def _is_postgres(url: str) -> bool:
+    return url.split(":", 1)[0] in POSTGRES_SCHEMES
