@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -29,6 +30,7 @@ from .config import (ENV_PREFIX, SECRET_FILE, Keyring, MissingSecret, Settings, 
                      rotate_secret)
 from .store import StoreConfigError, check_store, cluster_keyring, rotate_cluster_secret
 from .tokens import DEFAULT_SUBSCRIBER_TTL, TokenSigner
+from .workers import WORKER_ENV, listening_socket, supervise
 
 __all__ = ["main", "raise_open_files_limit", "start_line"]
 
@@ -126,10 +128,13 @@ def cli() -> None:
 @_setting("--keyfile", "TLS private key (PEM), with --certfile.", shown="none",
           type=click.Path(path_type=Path, exists=True, dir_okay=False))
 @_setting("--access-log/--no-access-log", "Log each request (no query strings).", default=None, shown="on")
+@_setting("--workers", "Server processes on this port, each one a node (needs a PostgreSQL store).", type=int)
 def serve(**flags: object) -> None:
     """Run the service: the HTTP API, SSE, WebSocket and the demo page."""
     settings = _settings(**{**flags, "allow_origin": flags["allow_origin"] or None})
     _configure_logging()
+    if settings.workers > 1:
+        click.get_current_context().exit(supervise(settings))
     raise_open_files_limit()
     _run(_serve(settings))
 
@@ -256,7 +261,10 @@ async def _serve(settings: Settings) -> None:
         raise click.ClickException(str(exc)) from None
     await _check_broker(app)
     config = Config()
-    config.bind = [f"[{settings.host}]:{settings.port}" if ":" in settings.host else f"{settings.host}:{settings.port}"]
+    if WORKER_ENV in os.environ:  # one of --workers: its own socket on the shared port
+        config.bind = [f"fd://{listening_socket(settings.host, settings.port).detach()}"]
+    else:
+        config.bind = [f"[{settings.host}]:{settings.port}" if ":" in settings.host else f"{settings.host}:{settings.port}"]
     config.accesslog = logging.getLogger("sse_notify.access") if settings.access_log else None
     config.access_log_format = ACCESS_LOG_FORMAT
     config.errorlog = logging.getLogger("hypercorn.error")

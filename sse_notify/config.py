@@ -97,6 +97,8 @@ class Settings:
     #: Still accepted (never used to sign) beside ``secret``; only with ``secret``.
     previous_secret: str | None = field(default=None, repr=False)
     access_log: bool = True
+    #: Server processes on one port (``--workers``); each one is a node.
+    workers: int = 1
     #: TLS certificate and key (PEM); with both set the service speaks HTTPS and HTTP/2.
     certfile: Path | None = None
     keyfile: Path | None = None
@@ -118,13 +120,14 @@ class Settings:
         "retention": parse_duration,
         "allow_origin": _split_origins,
         "access_log": _boolean,
+        "workers": int,
         "static_dir": Path,
         "certfile": Path,
         "keyfile": Path,
     }
 
     def __post_init__(self) -> None:
-        for name in ("heartbeat", "retry", "stream_buffer", "max_body", "max_frame", "max_header"):
+        for name in ("heartbeat", "retry", "stream_buffer", "max_body", "max_frame", "max_header", "workers"):
             value = getattr(self, name)
             if not (0 < value < math.inf):  # also refuses nan
                 raise ValueError(f"{name} must be a positive number")
@@ -136,6 +139,12 @@ class Settings:
             raise ValueError("port must be 0-65535")
         if (self.certfile is None) != (self.keyfile is None):
             raise ValueError("certfile and keyfile go together")
+        if self.workers > 1 and self.store_url.startswith("sqlite:"):
+            raise ValueError("--workers above 1 needs a store the processes share, "
+                             "--store postgresql://USER@HOST:PORT/DB (SQLite has one writer per process)")
+        if self.workers > 1 and self.broker_url.startswith("memory:"):
+            raise ValueError("--workers above 1 needs a broker between the processes, "
+                             "postgresql://... or redis://... (memory:// reaches one process)")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -247,6 +247,8 @@ class Ledger:
     def __init__(self) -> None:
         self.sent: list[Sent] = []
         self.errors: list[str] = []
+        self.refused: dict[int, int] = {}  # tolerated statuses -> how many
+        self.slowest = 0.0  # seconds, the longest a publish waited for its answer
 
     def record(self, ids: Sequence[int], targets: Sequence[str | None], topic: str | None) -> None:
         if len(ids) != len(targets):
@@ -274,9 +276,10 @@ def random_target(rng: random.Random, users: Sequence[str], *, broadcast: float 
 async def publish_loop(client: httpx.AsyncClient, token: str, ledger: Ledger, stop: asyncio.Event,
                        rng: random.Random, users: Sequence[str], *,
                        topics: Sequence[str | None] = (None,), rate: float | None = None,
-                       broadcast: float = 0.03) -> int:
+                       broadcast: float = 0.03, tolerate: frozenset[int] = frozenset()) -> int:
     """Publish until ``stop``, ``rate`` per second (None: as fast as answers come); every
-    answer other than 201 is an error in the ledger. Returns how many were sent."""
+    answer other than 201 (or a ``tolerate``d status, counted apart) is an error in the
+    ledger. Returns how many were sent."""
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     sent = 0
     next_at = time.monotonic()
@@ -286,14 +289,19 @@ async def publish_loop(client: httpx.AsyncClient, token: str, ledger: Ledger, st
         body = {**target, "title": "fault", "data": {"n": sent}}
         if topic is not None:
             body["topic"] = topic
+        began = time.monotonic()
         try:
             resp = await client.post("/notifications", content=orjson.dumps(body), headers=headers)
         except httpx.HTTPError as exc:
             ledger.errors.append(f"publish: {exc!r}")
             continue
+        finally:
+            ledger.slowest = max(ledger.slowest, time.monotonic() - began)
         sent += 1
         if resp.status_code == 201:
             ledger.record(resp.json()["ids"], recipients, topic)
+        elif resp.status_code in tolerate:
+            ledger.refused[resp.status_code] = ledger.refused.get(resp.status_code, 0) + 1
         else:
             ledger.errors.append(f"publish answered {resp.status_code}: {resp.text[:200]}")
         if rate is not None:
@@ -345,6 +353,11 @@ class Subscriber:
     session: Callable[[random.Random], float]
     away: Callable[[random.Random], float] = lambda rng: 0.0
     catch_up: float = 60.0
+    #: Several nodes: each session connects to one of the ports this returns (the live nodes).
+    ports: Callable[[], Sequence[int]] | None = None
+    #: Connections that fail or break are expected (a node is killed): count, don't flag.
+    tolerate_drops: bool = False
+    dropped: int = 0
     target: int | None = None
     last: int = 0
     received: int = 0
@@ -396,6 +409,8 @@ class Subscriber:
         while not self.done():
             final = self.target is not None
             limit = self.catch_up if final else self.session(self.rng)
+            if self.ports is not None:
+                self.port = self.rng.choice(self.ports())
             try:
                 async with asyncio.timeout(limit) as scope:
                     self._scope = scope
@@ -409,8 +424,10 @@ class Subscriber:
                 if final:
                     self.anomalies.append(f"never caught up: at {self.last}, target {self.target}")
                     return
-            except (OSError, InvalidHandshake, asyncio.IncompleteReadError) as exc:
-                self.anomalies.append(f"connection failed: {exc!r}")
+            except (OSError, InvalidHandshake, asyncio.IncompleteReadError, ConnectionClosed) as exc:
+                if not self.tolerate_drops:
+                    self.anomalies.append(f"connection failed: {exc!r}")
+                self.dropped += 1
             self.sessions += 1
             if self.target is None:
                 pause = self.away(self.rng)
@@ -482,6 +499,8 @@ class Subscriber:
                 code = closed.rcvd.code if closed.rcvd is not None else None
                 if code == 1013:  # overflow: resume from the cursor
                     self.server_closes += 1
+                elif code is None and self.tolerate_drops:  # its node went away
+                    self.dropped += 1
                 else:
                     self.anomalies.append(f"closed by the server with {code}")
             except asyncio.CancelledError:
