@@ -187,6 +187,50 @@ def rotate_secret_command(data_dir: Path | None, grace: int) -> None:
                f"one are accepted until {until}. Restart the service to use it.", err=True)
 
 
+DEFAULT_TAIL_URL = "http://127.0.0.1:8000"
+
+
+@cli.command(short_help="Follow USER's stream in the terminal: hello, notifications, read events.",
+             help="""Follow USER's stream in the terminal, for debugging: the hello (replay mode,
+             newest id, unread), each notification, read events and token-expiring, until Ctrl-C.
+             A dropped connection is retried by itself, resuming after the last id it saw.
+
+             The subscriber token is minted as `sse-notify token USER` does, with the secret in
+             the server's data directory or SSE_NOTIFY_SECRET (never created here); or give one
+             with --token instead of USER.""")
+@click.argument("user", required=False)
+@click.option("--token", "given_token", metavar="TOKEN", help="Follow with this subscriber token instead.")
+@click.option("--url", default=DEFAULT_TAIL_URL, show_default=True, help="The server's address.")
+@click.option("--since", type=click.IntRange(min=0), metavar="ID",
+              help="Start by replaying every notification after this id (0: all history).  [default: live]")
+@click.option("--topics", metavar="A,B", help="Only notifications with one of these topics.")
+@_data_dir_option("The server's data directory, which holds the secret.")
+def tail(user: str | None, given_token: str | None, url: str, since: int | None, topics: str | None,
+         data_dir: Path | None) -> None:
+    from .tail import Refused, Tail
+
+    if (user is None) == (given_token is None):
+        raise click.UsageError("give either USER or --token TOKEN")
+    if not url.startswith(("http://", "https://")):
+        raise click.BadParameter("must start with http:// or https://", param_hint="--url")
+    if given_token is not None:
+        token_source = lambda: given_token  # noqa: E731
+    else:
+        signer = TokenSigner.from_keyring(_existing_keyring(_settings(data_dir=data_dir)))
+        try:
+            signer.subscriber(user)  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="USER") from None
+        token_source = lambda: signer.subscriber(user)  # type: ignore[arg-type]  # noqa: E731
+    follower = Tail(url.rstrip("/"), token_source, cursor=since, topics=topics, refreshable=given_token is None)
+    try:
+        follower.run()
+    except KeyboardInterrupt:  # the way to stop it: not a failure
+        pass
+    except Refused as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 def raise_open_files_limit(want: int = 1 << 20) -> int:
     """Raise this process's soft open-files limit towards ``want``, as far as the hard
     limit allows (each stream is a socket); returns the soft limit now in force. The load
