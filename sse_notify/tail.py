@@ -86,11 +86,15 @@ class Tail:
                     reason, after = str(lost), lost.after
                 was_connected |= self._connected
                 failed = 0 if self._connected else failed + 1
-                delay = after if after is not None else min(MAX_DELAY, self.retry_ms / 1000 * 2 ** max(0, failed - 1))
+                delay = after if after is not None else self._backoff(failed)
                 cursor = f"Last-Event-ID {self.cursor}" if self.cursor is not None else "no cursor"
                 what = "connection lost" if self._connected else "cannot follow"
                 self.echo(self._note(f"{what} ({reason}); reconnecting with {cursor} in {delay:g} s"))
                 time.sleep(delay)
+
+    def _backoff(self, failed: int) -> float:
+        """The server's retry interval, doubled for each connect after the first that failed."""
+        return min(MAX_DELAY, self.retry_ms / 1000 * 2 ** max(0, failed - 1))
 
     def _follow(self, http: httpx.Client, *, reconnect: bool) -> None:
         headers = {"Authorization": f"Bearer {self.token()}"}
@@ -138,6 +142,8 @@ class Tail:
         try:
             payload: Any = orjson.loads(data)
         except ValueError:
+            payload = None
+        if not isinstance(payload, dict):  # not what the contract sends: shown as it came
             self.echo(f"{kind}  {data}")
             return
         if kind == "hello":

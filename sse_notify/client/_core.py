@@ -137,7 +137,7 @@ class Call(Generic[T]):
     method: str
     path: str
     parse: Callable[[Any], T]
-    params: list[tuple[str, str]] | None = None
+    params: tuple[tuple[str, str], ...] | None = None
     body: Any = None
     idempotency_key: str | None = None
 
@@ -186,7 +186,7 @@ class Call(Generic[T]):
 
     @staticmethod
     def presence(users: Iterable[str]) -> Call[dict[str, Presence]]:
-        return Call("GET", "/presence", _presence, params=[("user", u) for u in users])
+        return Call("GET", "/presence", _presence, params=tuple(("user", u) for u in users))
 
     @staticmethod
     def status(notification_id: int) -> Call[NotificationStatus]:

@@ -6,8 +6,9 @@ committed (a TCP proxy here swallows the answer), a timeout, a real 429 from
 database; typed exceptions carrying the contract's JSON error; ``token()`` opening a
 stream.
 
-``presence()`` and ``status()`` are tested only as far as the server goes today: the
-request that reaches the wire, and the mapping of the server's JSON 404 to ``NotFound``.
+``presence()`` and ``status()`` are tested only as far as the server goes today (it has
+neither endpoint yet): the requests that reach the wire, and the server's JSON 404 mapped
+to ``NotFound``.
 """
 
 from __future__ import annotations
@@ -322,22 +323,26 @@ async def test_422_and_413_are_invalid_requests(shared: ServerProcess, sdk: Call
         await client("token", "not a valid id")
 
 
-async def test_presence_and_status_requests_and_their_404(shared: ServerProcess, sdk: Callable[..., SDK]) -> None:
-    """What can be checked before the server has these endpoints: the request on the
-    wire and the mapping of the server's JSON 404. End-to-end tests of the answers belong
-    with the endpoints."""
+async def test_presence_and_status_requests(shared: ServerProcess, sdk: Callable[..., SDK]) -> None:
+    """As far as the server goes today: the requests on the wire, a status for an id that
+    can never exist answered 404 (``NotFound``, not retried), and a presence answer read,
+    or, while the server has no /presence yet, its JSON 404 mapped. The end-to-end tests
+    of presence and receipts belong with those endpoints."""
     async with Proxy(shared.port) as proxy:
         client = sdk(shared, proxy.url, **FAST)
-        with pytest.raises(NotFound) as presence:
-            await client("presence", "alice", "bob@example.com")
+        try:
+            presence = await client("presence", "alice", "bob@example.com")
+        except NotFound as exc:  # a server without presence: 404 for an unknown path
+            assert (exc.status, exc.code) == (404, "not_found") and exc.message
+        else:
+            assert set(presence) == {"alice", "bob@example.com"} and not presence["alice"].online
         with pytest.raises(NotFound) as status:
-            await client("status", 42)
+            await client("status", 2**62)
     assert proxy.requests == ["GET /presence?user=alice&user=bob%40example.com HTTP/1.1",
-                              "GET /notifications/42/status HTTP/1.1"]
-    assert proxy.statuses == [404, 404]  # not retried
-    for caught in (presence, status):
-        assert isinstance(caught.value, SSENotifyError)
-        assert (caught.value.status, caught.value.code) == (404, "not_found") and caught.value.message
+                              f"GET /notifications/{2**62}/status HTTP/1.1"]
+    assert proxy.statuses[1] == 404 and len(proxy.statuses) == 2  # not retried
+    assert isinstance(status.value, SSENotifyError)
+    assert (status.value.status, status.value.code) == (404, "not_found") and status.value.message
 
 
 # -- tokens --------------------------------------------------------------------------
