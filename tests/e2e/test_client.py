@@ -321,6 +321,9 @@ async def test_422_and_413_are_invalid_requests(shared: ServerProcess, sdk: Call
     assert (caught.value.status, caught.value.code) == (413, "payload_too_large")
     with pytest.raises(InvalidRequest):
         await client("token", "not a valid id")
+    with pytest.raises(InvalidRequest) as caught:  # no --webhook-url (and, until escalation lands, no field)
+        await client("publish", user="alice", title="x", escalate={"after": "10m", "unless": "read"})
+    assert caught.value.status == 422
 
 
 async def test_presence_and_status_requests(shared: ServerProcess, sdk: Callable[..., SDK]) -> None:
