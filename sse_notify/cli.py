@@ -1,12 +1,13 @@
-"""The command line: ``sse-notify serve``, ``token`` and ``rotate-secret``.
+"""The command line: ``sse-notify serve``, ``token``, ``rotate-secret`` and ``tail``.
 
 ``main(argv) -> int`` so tests call it directly. Flags default to "unset" and
 :meth:`Settings.from_env` applies them over ``SSE_NOTIFY_*`` variables and the defaults,
 so the precedence lives in one place; a flag's help names its variable and default,
 derived from the :class:`Settings` field of the same name (``_setting``).
 
-``token`` and ``rotate-secret`` never create a secret (only ``serve`` does): one invented
-beside the server's would sign tokens that the server rejects. ``serve`` installs its own
+``token``, ``rotate-secret`` and ``tail`` never create a secret (only ``serve`` does): one
+invented beside the server's would sign tokens that the server rejects. ``serve --workers``
+hands over to :mod:`.workers`. ``serve`` installs its own
 SIGINT/SIGTERM handlers: a signal first ends every open stream, then Hypercorn closes the
 (now idle) connections and the app's shutdown hooks close storage.
 """
@@ -165,8 +166,7 @@ def token(user: str | None, publisher: str | None, ttl: int | None, data_dir: Pa
         raise click.UsageError("give either USER or --publisher NAME")
     if ttl is not None and ttl <= 0:
         raise click.BadParameter("must be positive", param_hint="--ttl")
-    settings = _settings(data_dir=data_dir, store=store)
-    signer = TokenSigner.from_keyring(_cluster(cluster_keyring, settings) or _existing_keyring(settings))
+    signer = _signer(data_dir, store)
     try:
         if publisher is not None:
             click.echo(signer.publisher(publisher, ttl=ttl))
@@ -203,11 +203,63 @@ def rotate_secret_command(data_dir: Path | None, store: str | None, grace: int) 
                f"one are accepted until {until}. Restart the service to use it.", err=True)
 
 
+def _signer(data_dir: Path | None, store: str | None) -> TokenSigner:
+    """A signer with the server's secret: a PostgreSQL store's, else the data directory's
+    (never created here)."""
+    settings = _settings(data_dir=data_dir, store=store)
+    return TokenSigner.from_keyring(_cluster(cluster_keyring, settings) or _existing_keyring(settings))
+
+
 def _cluster(function: Callable[..., Keyring | None], *args: object) -> Keyring | None:
     """``function`` (the secret a PostgreSQL store keeps), its failure as one line."""
     try:
         return function(*args)
     except StoreConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+DEFAULT_TAIL_URL = "http://127.0.0.1:8000"
+
+
+@cli.command(short_help="Follow USER's stream in the terminal: hello, notifications, read events.",
+             help="""Follow USER's stream in the terminal, for debugging: the hello (replay mode,
+             newest id, unread), each notification, read events and token-expiring, until Ctrl-C.
+             A dropped connection is retried by itself, resuming after the last id it saw.
+
+             The subscriber token is minted as `sse-notify token USER` does, with the secret in
+             the server's data directory or SSE_NOTIFY_SECRET (never created here); or give one
+             with --token instead of USER.""")
+@click.argument("user", required=False)
+@click.option("--token", "given_token", metavar="TOKEN", help="Follow with this subscriber token instead.")
+@click.option("--url", default=DEFAULT_TAIL_URL, show_default=True, help="The server's address.")
+@click.option("--since", type=click.IntRange(min=0), metavar="ID",
+              help="Start by replaying every notification after this id (0: all history).  [default: live]")
+@click.option("--topics", metavar="A,B", help="Only notifications with one of these topics.")
+@_data_dir_option("The server's data directory, which holds the secret.")
+@_setting("--store", "Store URL; a PostgreSQL store holds the cluster's secret.", shown="none, the data directory's secret")
+def tail(user: str | None, given_token: str | None, url: str, since: int | None, topics: str | None,
+         data_dir: Path | None, store: str | None) -> None:
+    from .tail import Refused, Tail
+
+    if (user is None) == (given_token is None):
+        raise click.UsageError("give either USER or --token TOKEN")
+    if not url.startswith(("http://", "https://")):
+        raise click.BadParameter("must start with http:// or https://", param_hint="--url")
+    if given_token is not None:
+        token_source = lambda: given_token  # noqa: E731
+    else:
+        signer = _signer(data_dir, store)
+        try:
+            signer.subscriber(user)  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="USER") from None
+        token_source = lambda: signer.subscriber(user)  # type: ignore[arg-type]  # noqa: E731
+    follower = Tail(url.rstrip("/"), token_source, cursor=since, topics=topics, refreshable=given_token is None)
+    try:
+        follower.run()
+    except KeyboardInterrupt:  # the way to stop it: not a failure
+        pass
+    except Refused as exc:
         raise click.ClickException(str(exc)) from None
 
 
