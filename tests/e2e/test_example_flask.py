@@ -44,3 +44,7 @@ async def test_the_flask_example_publishes_to_the_customers_stream(shared: Serve
 def test_the_example_is_short_enough_for_the_readme() -> None:
     code = [line for line in EXAMPLE.read_text().splitlines() if line.strip()]
     assert len(code) <= 12, "the README promises a ten-line example"
+
+
+def test_the_readme_shows_the_flask_example_verbatim() -> None:
+    assert EXAMPLE.read_text().strip() in (EXAMPLE.parents[2] / "README.md").read_text()
