@@ -14,7 +14,7 @@ import uuid
 
 import asyncpg
 
-__all__ = ["PG_ADMIN_URL", "REDIS_URL", "create_database", "drop_database", "pg_url", "random_name"]
+__all__ = ["PG_ADMIN_URL", "REDIS_URL", "admin", "create_database", "drop_database", "pg_url", "random_name"]
 
 PG_HOST = os.environ.get("SSE_NOTIFY_TEST_PG", "postgres@127.0.0.1:5432")
 PG_ADMIN_URL = f"postgresql://{PG_HOST}/postgres"
@@ -29,7 +29,8 @@ def pg_url(database: str) -> str:
     return f"postgresql://{PG_HOST}/{database}"
 
 
-async def _admin(sql: str) -> None:
+async def admin(sql: str) -> None:
+    """Run ``sql`` on the server's ``postgres`` database (CREATE/DROP DATABASE)."""
     conn = await asyncpg.connect(PG_ADMIN_URL)
     try:
         await conn.execute(sql)
@@ -40,10 +41,10 @@ async def _admin(sql: str) -> None:
 def create_database() -> str:
     """A new, empty database; returns its URL."""
     name = random_name()
-    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
     return pg_url(name)
 
 
 def drop_database(url: str) -> None:
     name = url.rsplit("/", 1)[1]
-    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

@@ -7,12 +7,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import asyncpg
 import httpx
 import pytest
 
 from ..helpers import ServerProcess, open_sse, poll
-from ..services import PG_ADMIN_URL
+from ..services import admin
 from .test_cli import run_cli
 
 pytestmark = pytest.mark.timeout(60)
@@ -41,14 +40,6 @@ async def test_a_node_delivers_through_a_network_broker(
         assert f"\n{name} " in metrics
 
 
-async def _admin(sql: str) -> None:
-    conn = await asyncpg.connect(PG_ADMIN_URL)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 async def test_healthz_is_503_while_the_broker_is_unreachable(
         make_server: Callable[..., ServerProcess], postgres_url: str) -> None:
     server = make_server("--broker", postgres_url)
@@ -56,13 +47,13 @@ async def test_healthz_is_503_while_the_broker_is_unreachable(
     async with server.client() as c:
         assert (await c.get("/healthz")).status_code == 200
         # The broker's database goes away: its connections end, reconnecting fails.
-        await _admin(f'DROP DATABASE "{database}" WITH (FORCE)')
+        await admin(f'DROP DATABASE "{database}" WITH (FORCE)')
         try:
             assert await poll(lambda: _status(c, 503), timeout=10)
             body = (await c.get("/healthz")).json()
             assert body["error"] == "unavailable" and "broker" in body["message"]
         finally:
-            await _admin(f'CREATE DATABASE "{database}"')
+            await admin(f'CREATE DATABASE "{database}"')
         assert await poll(lambda: _status(c, 200), timeout=15)
     async with open_sse(server, server.token("alice")) as stream:  # and it delivers again
         ids = await server.publish(user="alice", title="back")
