@@ -101,18 +101,9 @@ async def test_no_gap_no_duplicate_across_nodes(
         for stop in stops:
             stop.set()
         await asyncio.gather(*writers)
-        acknowledged = Ledger()
-        for ledger in ledgers:
-            acknowledged.sent += ledger.sent
-        expected = [acknowledged.expected(s.spec.user, s.spec.topics) for s in subscribers]
-        for s, ids in zip(subscribers, expected):
-            s.finish(ids[-1] if ids else 0)
-        await asyncio.gather(*readers)
+        acknowledged, expected = await finish(subscribers, readers, ledgers)
     finally:
-        for task in readers:
-            task.cancel()
-        for client in clients:
-            await client.aclose()
+        await stop_all(readers, clients)
 
     acked = {s.id for s in acknowledged.sent}
     missing = [s.missing(ids) for s, ids in zip(subscribers, expected)]
@@ -140,6 +131,27 @@ async def test_no_gap_no_duplicate_across_nodes(
     assert len(acknowledged.sent) >= form.seconds * form.rate  # every node really published
     if victim is not None:
         assert sum(s.dropped for s in subscribers) > 0  # the kill really cut streams off
+
+
+async def finish(subscribers: list[Subscriber], readers: list[asyncio.Task[None]],
+                 ledgers: list[Ledger]) -> tuple[Ledger, list[list[int]]]:
+    """Publishing has stopped: give each subscriber the newest id meant for it and wait
+    until all have it. Returns every node's acknowledged publishes and each one's ids."""
+    acknowledged = Ledger()
+    for ledger in ledgers:
+        acknowledged.sent += ledger.sent
+    expected = [acknowledged.expected(s.spec.user, s.spec.topics) for s in subscribers]
+    for s, ids in zip(subscribers, expected):
+        s.finish(ids[-1] if ids else 0)
+    await asyncio.gather(*readers)
+    return acknowledged, expected
+
+
+async def stop_all(readers: list[asyncio.Task[None]], clients: list[httpx.AsyncClient]) -> None:
+    for task in readers:
+        task.cancel()
+    for client in clients:
+        await client.aclose()
 
 
 def restart_postgresql() -> None:
@@ -179,18 +191,9 @@ async def test_postgresql_restart_under_load(
         await asyncio.sleep(6 if long_mode else 3)
         stop.set()
         await asyncio.gather(*writers)
-        acknowledged = Ledger()
-        for ledger in ledgers:
-            acknowledged.sent += ledger.sent
-        expected = [acknowledged.expected(s.spec.user, None) for s in subscribers]
-        for s, ids in zip(subscribers, expected):
-            s.finish(ids[-1] if ids else 0)
-        await asyncio.gather(*readers)
+        acknowledged, expected = await finish(subscribers, readers, ledgers)
     finally:
-        for task in readers:
-            task.cancel()
-        for client in clients:
-            await client.aclose()
+        await stop_all(readers, clients)
 
     refused = sum(ledger.refused.get(503, 0) for ledger in ledgers)
     slowest = max(ledger.slowest for ledger in ledgers)
