@@ -190,3 +190,7 @@ class Hub:
 
     def user_count(self) -> int:
         return len(self._by_user)
+
+    def user_streams(self) -> dict[str, int]:
+        """Open streams per user (users with none left out): what presence reports."""
+        return {user: len(streams) for user, streams in self._by_user.items()}

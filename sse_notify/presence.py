@@ -1,0 +1,114 @@
+"""Presence: whether a user has an open stream anywhere in the deployment, how many, and
+when the last one closed (``GET /presence``).
+
+Each node (one ``sse-notify serve`` process) has an id, random at start. Once a second it
+beats: it tells the store (:class:`~sse_notify.store.presence.PresenceStore`) that it is
+alive and, for each user whose stream count on it changed since its last beat, the new
+count. Readers sum the counts of the nodes whose last beat is younger than
+``presence_ttl`` (default 15 s, ``SSE_NOTIFY_PRESENCE_TTL``): a stream opened or closed
+anywhere shows within about a second, and a node that dies without a word stops counting
+``presence_ttl`` after its last beat. A clean shutdown removes the node's counts at once.
+
+Deliberate decisions:
+
+* **The hub is read, not hooked.** The beat compares :meth:`Hub.user_streams` with what it
+  last wrote, so opening and closing a stream (a hot path) does no presence work at all;
+  the price is one pass over the connected users per second.
+* **One code path for every store.** A single SQLite node answers from its presence
+  table too, not from its own hub: a lone node and a cluster behave alike (and processes
+  sharing one database file would each be counted), within the contract's 2 seconds.
+* **A failed beat's changes go with the next one** (what was written is recorded only
+  once the store confirmed it); a node the store forgot (expired while it
+  could not reach the store) sends all of its counts again.
+* ``last_seen`` is written when a user's count on a node drops to 0. It is the newest such
+  time, and answered only while no live node has the user, so it is when the user's last
+  stream closed. For a node that died holding a user, it is the node's last beat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Sequence
+
+from .hub import Hub
+from .store import StoreUnavailable
+from .store.presence import PresenceStore, UserPresence
+
+__all__ = ["Presence", "BEAT_INTERVAL", "MAX_USERS"]
+
+log = logging.getLogger(__name__)
+
+BEAT_INTERVAL = 1.0  # seconds between a node's heartbeats
+EXPIRE_EVERY = 10  # beats between removals of silent nodes' rows
+MAX_USERS = 100  # users one GET /presence may ask about
+
+
+def new_node_id() -> str:
+    """Random, and readable in the database: ``host:pid:random``."""
+    return f"{socket.gethostname()[:64]}:{os.getpid()}:{secrets.token_hex(6)}"
+
+
+class Presence:
+    def __init__(self, store: PresenceStore, hub: Hub, ttl: float, interval: float = BEAT_INTERVAL):
+        self.store = store
+        self.hub = hub
+        self.ttl_ms = int(ttl * 1000)
+        self.interval = interval
+        self.node = new_node_id()
+        self.beats = 0
+        self.failures = 0
+        self._written: dict[str, int] = {}  # user -> streams, as the store has them
+        self._failing = False
+
+    async def start(self) -> None:
+        await self.store.open()
+        await self._beat_logged()  # registered before streams are accepted
+
+    async def run(self) -> None:
+        """Beat every ``interval`` seconds until cancelled."""
+        while True:
+            await asyncio.sleep(self.interval)
+            await self._beat_logged()
+
+    async def stop(self) -> None:
+        """Leave: this node's users were seen now, its counts go at once."""
+        try:
+            await self.store.leave(self.node)
+        except StoreUnavailable as exc:  # its counts expire by themselves
+            log.warning("presence: could not remove this node's counts: %s", exc)
+        await self.store.close()
+
+    async def lookup(self, users: Sequence[str]) -> dict[str, UserPresence]:
+        """Each of ``users`` (distinct) on every live node; :class:`StoreUnavailable`
+        when the store cannot answer."""
+        return await self.store.lookup(users, self.ttl_ms)
+
+    async def beat(self) -> None:
+        counts = self.hub.user_streams()
+        written = self._written
+        changes = {user: streams for user, streams in counts.items() if written.get(user) != streams}
+        changes.update((user, 0) for user in written if user not in counts)
+        if not await self.store.beat(self.node, changes) and changes != counts:
+            self._written = {}  # forgotten: its rows are gone; all of them again
+            await self.store.beat(self.node, counts)
+        self._written = counts
+        self.beats += 1
+        if self.beats % EXPIRE_EVERY == 0:
+            await self.store.expire(self.ttl_ms)
+
+    async def _beat_logged(self) -> None:
+        try:
+            await self.beat()
+        except StoreUnavailable as exc:
+            self.failures += 1
+            if not self._failing:
+                log.error("presence: heartbeat failed (retried every %g s): %s", self.interval, exc)
+            self._failing = True
+            return
+        if self._failing:
+            log.info("presence: heartbeats are back")
+        self._failing = False
