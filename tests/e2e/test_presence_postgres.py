@@ -2,22 +2,25 @@
 on different nodes are summed and every node answers the same within 2 seconds, as they
 open and as they close (``last_seen`` then the same everywhere); a SIGKILLed node's
 streams stop counting once its heartbeat is ``SSE_NOTIFY_PRESENCE_TTL`` old (lowered to
-3 s here so the test stays short; the default is 15 s, within the contract's 30).
+3 s here so the test stays short; the default is 15 s, within the contract's 30). The
+processes of ``serve --workers 2`` count as nodes too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import secrets
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from ..helpers import open_sse, poll, uid
+from ..helpers import ServerProcess, open_sse, poll, uid
 from .test_postgres import PgServer
 from .test_presence import ACCURACY, epoch_ms, presence
 from .wsclient import WS_SERVER_FLAGS, open_ws
@@ -90,3 +93,18 @@ async def test_a_killed_nodes_streams_stop_counting_after_the_ttl(three_nodes: l
         assert answers == [{"online": True, "streams": 1, "last_seen": None}] * 2
     answers = await everywhere([b, c], user, 0)
     assert answers[0]["last_seen"] is not None and answers[0] == answers[1]
+
+
+async def test_the_processes_of_one_server_are_counted_together(
+        make_server: Callable[..., ServerProcess], postgres_url: str) -> None:
+    server = make_server("--workers", "2", "--store", postgres_url, "--no-access-log",
+                         env={"SSE_NOTIFY_SECRET": secrets.token_urlsafe(32)})
+    user = uid("dave")
+    async with AsyncExitStack() as stack:
+        for _ in range(10):  # the kernel spreads them over both workers
+            await stack.enter_async_context(open_sse(server, server.token(user)))
+        await everywhere([server], user, 10)
+        # Each call a new connection, so answered by either worker: all the same.
+        answers = [(await presence(server, user))[user]["streams"] for _ in range(10)]
+        assert answers == [10] * 10
+    await everywhere([server], user, 0)
