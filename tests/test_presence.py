@@ -43,7 +43,7 @@ async def backend(database: str) -> AsyncIterator[tuple[PresenceStore, Age]]:
         store = SQLiteStore(database)
 
         async def age(node: str, ms: int) -> None:
-            with sqlite3.connect(database, timeout=5) as db:
+            with sqlite3.connect(Path(database).with_name("notifications-presence.db"), timeout=5) as db:
                 db.execute("UPDATE presence_nodes SET beat_at = beat_at - ? WHERE node = ?", (ms, node))
     else:
         store = PostgresStore(database)

@@ -1,7 +1,8 @@
 """The PresenceStore protocol: where every node of a deployment keeps how many streams each
 user has open on it, so that any node can answer for all of them.
 
-Three tables, created by each store's migrations:
+Three tables, in the store's PostgreSQL database (its migrations create them) or in a
+SQLite file beside the store's (see ``sqlite_presence.py`` for why):
 
 * ``presence_nodes (node, beat_at)``: one row per running node (``sse-notify serve``
   process) and its last heartbeat, epoch ms.

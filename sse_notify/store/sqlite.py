@@ -96,25 +96,7 @@ _INDEXES_V2 = """
 CREATE INDEX reads_id ON reads (id);
 CREATE INDEX idempotency_created_at ON idempotency (created_at);
 """
-# Presence: each node's stream counts per user and its heartbeat (store/presence.py).
-_PRESENCE = """
-CREATE TABLE presence_nodes (
-    node    TEXT PRIMARY KEY,
-    beat_at INTEGER NOT NULL       -- epoch ms
-) WITHOUT ROWID;
-CREATE TABLE presence (
-    user    TEXT NOT NULL,
-    node    TEXT NOT NULL,
-    streams INTEGER NOT NULL,
-    PRIMARY KEY (user, node)
-) WITHOUT ROWID;
-CREATE INDEX presence_node ON presence (node);
-CREATE TABLE presence_last_seen (
-    user TEXT PRIMARY KEY,
-    at   INTEGER NOT NULL          -- epoch ms
-) WITHOUT ROWID;
-"""
-_MIGRATIONS = [_SCHEMA_V1, _INDEXES_V2, _PRESENCE]
+_MIGRATIONS = [_SCHEMA_V1, _INDEXES_V2]
 
 _COLUMNS = "id, user, topic, title, body, priority, data, created_at"
 

@@ -1,14 +1,15 @@
-"""The presence tables in the SQLite database (:class:`~sse_notify.store.presence.PresenceStore`).
+"""The presence tables of a SQLite deployment (:class:`~sse_notify.store.presence.PresenceStore`).
 
 Deliberate decisions:
 
-* **A connection of its own**, not the store's writer queue: a heartbeat every second must
-  not wait behind (or hold up) a batch of publishes, and presence needs none of the
-  store's id bookkeeping. It takes SQLite's write lock for the few rows of one beat; the
-  store's writer waits for that through its ``busy_timeout``, as presence waits for it.
-* ``synchronous=NORMAL`` on that connection: presence is rebuilt from the live streams
-  within a second of any restart, so a beat need not reach the disk before it returns (in
-  WAL mode it is still atomic, and the next publish's commit makes it durable anyway).
+* **A database file of its own** beside the store's (``notifications.db`` ->
+  ``notifications-presence.db``), with its own schema versions (``_MIGRATIONS``). A beat
+  then never takes the write lock that publishes commit under: ten thousand users
+  connecting at once make one beat of ~60 ms, which would otherwise hold up every publish
+  for as long. What the file holds is rebuilt from the live streams within a second of a
+  restart (only ``last_seen`` lasts), so it needs none of the store's durability.
+* ``synchronous=NORMAL`` in WAL mode: a beat need not reach the disk before it returns;
+  a crash of the machine can lose the last beats, never corrupt the file.
 * Everything on the connection goes one operation at a time (an asyncio lock), so a
   lookup never reads a beat's half-done transaction.
 * The machine's clock: the processes sharing a SQLite file share it too.
@@ -30,20 +31,42 @@ from .presence import UserPresence, combine
 
 __all__ = ["SQLitePresence"]
 
+_SCHEMA_V1 = """
+CREATE TABLE presence_nodes (
+    node    TEXT PRIMARY KEY,
+    beat_at INTEGER NOT NULL       -- epoch ms
+) WITHOUT ROWID;
+CREATE TABLE presence (
+    user    TEXT NOT NULL,
+    node    TEXT NOT NULL,
+    streams INTEGER NOT NULL,
+    PRIMARY KEY (user, node)
+) WITHOUT ROWID;
+CREATE INDEX presence_node ON presence (node);
+CREATE TABLE presence_last_seen (
+    user TEXT PRIMARY KEY,
+    at   INTEGER NOT NULL          -- epoch ms
+) WITHOUT ROWID;
+"""
+_MIGRATIONS = [_SCHEMA_V1]
+
 _KEEP_NEWEST = "ON CONFLICT (user) DO UPDATE SET at = max(at, excluded.at)"
 
 
 class SQLitePresence:
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, store_path: Path):
+        self.path = store_path.with_name(f"{store_path.stem}-presence.db")
         self._db: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
 
     async def open(self) -> None:
         db = await aiosqlite.connect(self.path, isolation_level=None)
         try:
-            for pragma in ("busy_timeout=5000", "synchronous=NORMAL"):
+            for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=5000"):
                 await db.execute(f"PRAGMA {pragma}")
+            [(version,)] = await db.execute_fetchall("PRAGMA user_version")
+            for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
+                await db.executescript(f"BEGIN IMMEDIATE; {script} PRAGMA user_version={number}; COMMIT;")
         except BaseException:
             await db.close()
             raise
