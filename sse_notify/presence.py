@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 BEAT_INTERVAL = 1.0  # seconds between a node's heartbeats
 EXPIRE_EVERY = 10  # beats between removals of silent nodes' rows
 MAX_USERS = 100  # users one GET /presence may ask about
+LEAVE_TIMEOUT = 2.0  # seconds a shutdown waits to remove this node's counts
 
 
 def new_node_id() -> str:
@@ -77,9 +78,10 @@ class Presence:
     async def stop(self) -> None:
         """Leave: this node's users were seen now, its counts go at once."""
         try:
-            await self.store.leave(self.node)
-        except StoreUnavailable as exc:  # its counts expire by themselves
-            log.warning("presence: could not remove this node's counts: %s", exc)
+            async with asyncio.timeout(LEAVE_TIMEOUT):
+                await self.store.leave(self.node)
+        except (StoreUnavailable, TimeoutError) as exc:  # its counts expire by themselves
+            log.warning("could not remove this node's presence counts: %s", str(exc) or "no answer in time")
         await self.store.close()
 
     async def lookup(self, users: Sequence[str]) -> dict[str, UserPresence]:
@@ -106,9 +108,9 @@ class Presence:
         except StoreUnavailable as exc:
             self.failures += 1
             if not self._failing:
-                log.error("presence: heartbeat failed (retried every %g s): %s", self.interval, exc)
+                log.error("presence heartbeat failed (retrying every %g s): %s", self.interval, exc)
             self._failing = True
             return
         if self._failing:
-            log.info("presence: heartbeats are back")
+            log.info("presence heartbeats are back")
         self._failing = False

@@ -3,7 +3,9 @@ on different nodes are summed and every node answers the same within 2 seconds, 
 open and as they close (``last_seen`` then the same everywhere); a SIGKILLed node's
 streams stop counting once its heartbeat is ``SSE_NOTIFY_PRESENCE_TTL`` old (lowered to
 3 s here so the test stays short; the default is 15 s, within the contract's 30). The
-processes of ``serve --workers 2`` count as nodes too.
+processes of ``serve --workers 2`` count as nodes too. A node cut off from PostgreSQL
+answers presence with 503 and stops counting for the others, and counts again when it is
+back.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from typing import Any
 import httpx
 import pytest
 
-from ..helpers import ServerProcess, open_sse, poll, uid
+from ..helpers import ServerProcess, assert_error, open_sse, poll, uid
+from ..test_store_postgres import Proxy, through
 from .test_postgres import PgServer
 from .test_presence import ACCURACY, epoch_ms, presence
-from .wsclient import WS_SERVER_FLAGS, open_ws
+from .wsclient import WS_SERVER_FLAGS, auth_headers, open_ws
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -108,3 +111,31 @@ async def test_the_processes_of_one_server_are_counted_together(
         answers = [(await presence(server, user))[user]["streams"] for _ in range(10)]
         assert answers == [10] * 10
     await everywhere([server], user, 0)
+
+
+async def test_a_node_cut_off_from_postgresql_answers_503_and_counts_again_when_back(
+        tmp_path: Path, postgres_url: str) -> None:
+    target = httpx.URL(postgres_url)
+    proxy = Proxy((target.host, target.port or 5432))
+    await proxy.up()
+    env = {"SSE_NOTIFY_SECRET": secrets.token_urlsafe(32), "SSE_NOTIFY_PRESENCE_TTL": str(TTL)}
+    cut = PgServer(tmp_path / "cut", through(proxy, postgres_url), env=env)
+    other = PgServer(tmp_path / "other", postgres_url, env=env)
+    await asyncio.gather(asyncio.to_thread(cut.start), asyncio.to_thread(other.start))  # the proxy runs here
+    user = uid("erin")
+    try:
+        async with open_sse(cut, cut.token(user)):
+            await everywhere([cut, other], user, 1)
+            await proxy.down()
+            started = time.monotonic()
+            async with cut.client() as c:
+                resp = await c.get("/presence", params={"user": user}, headers=auth_headers(cut.publisher_token()))
+            assert_error(resp, 503)
+            assert time.monotonic() - started < 6
+            await everywhere([other], user, 0, timeout=TTL + ACCURACY)  # its beats no longer arrive
+            await proxy.up()
+            await everywhere([cut, other], user, 1, timeout=ACCURACY + 3)  # + reconnecting
+    finally:
+        await asyncio.gather(asyncio.to_thread(cut.stop), asyncio.to_thread(other.stop))
+        await proxy.down()
+    assert "Traceback" not in cut.log, cut.log
