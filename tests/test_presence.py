@@ -1,8 +1,8 @@
 """Presence on both stores (SQLite, and a database of the real PostgreSQL): counts of several
 nodes summed; a node silent for the ttl no longer counts and its users were last seen at
 its last beat; expiry removes it and, beating again, it sends all of its counts anew;
-``last_seen`` only once no live node holds the user; a clean leave. The beat's diffing
-(:class:`sse_notify.presence.Presence`) with a stand-in for the hub.
+``last_seen`` only once no live node holds the user; a clean leave. What a beat sends
+(:class:`sse_notify.presence.Presence`, with the real hub and a recording store).
 
 A node's silence is made by moving its heartbeat back in the table, not by waiting.
 """
@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import asyncpg
 import pytest
 
 from sse_notify.models import now_ms
+from sse_notify.hub import Hub
 from sse_notify.presence import Presence
 from sse_notify.store import Store, StoreUnavailable
 from sse_notify.store.postgres import PostgresStore
@@ -125,17 +127,9 @@ async def test_leaving_removes_the_node_and_its_users_were_seen_then(backend: tu
     assert await store.beat("a", {}) is False  # gone from the table
 
 
-class FakeHub:
-    def __init__(self) -> None:
-        self.streams: dict[str, int] = {}
-
-    def user_streams(self) -> dict[str, int]:
-        return dict(self.streams)
-
-
 class Recorder:
     """A PresenceStore that records each beat's changes; ``forget`` makes the next beat
-    answer "unknown node"."""
+    answer "unknown node", ``fail`` makes beats fail."""
 
     def __init__(self) -> None:
         self.beats: list[dict[str, int]] = []
@@ -153,29 +147,40 @@ class Recorder:
         pass
 
 
-async def test_a_beat_sends_only_what_changed_and_everything_when_forgotten() -> None:
-    hub, recorder = FakeHub(), Recorder()
+async def test_a_beat_sends_the_users_who_changed_and_everything_when_forgotten() -> None:
+    hub, recorder = Hub(), Recorder()
     presence = Presence(recorder, hub, ttl=15)  # type: ignore[arg-type]
-    hub.streams = {"alice": 2, "bob": 1}
-    await presence.beat()
-    hub.streams = {"alice": 1, "bob": 1, "carol": 1}
-    await presence.beat()
-    hub.streams = {"carol": 1}
-    await presence.beat()
-    await presence.beat()
-    assert recorder.beats == [{"alice": 2, "bob": 1}, {"alice": 1, "carol": 1}, {"alice": 0, "bob": 0}, {}]
-    recorder.fail = True  # not written: sent again with the next beat
-    hub.streams = {"carol": 2}
-    await presence._beat_logged()
-    assert presence.failures == 1
-    recorder.fail = False
-    hub.streams = {"carol": 2, "dave": 1}
-    await presence.beat()
-    assert recorder.beats[-1] == {"carol": 2, "dave": 1}  # the failed beat's change too
-    hub.streams = {"dave": 1, "erin": 1}
-    recorder.forget = True  # expired meanwhile: the diff, then everything
-    await presence.beat()
-    assert recorder.beats[-2:] == [{"carol": 0, "erin": 1}, {"dave": 1, "erin": 1}]
-    hub.streams = {"erin": 1}
-    await presence.beat()
-    assert recorder.beats[-1] == {"dave": 0}
+    async with AsyncExitStack() as streams:
+        async def open_stream(user: str) -> AsyncExitStack:
+            stack = AsyncExitStack()
+            await stack.enter_async_context(hub.subscribe(user))
+            await streams.enter_async_context(stack)
+            return stack
+
+        alice = await open_stream("alice")
+        await open_stream("alice")
+        await open_stream("bob")
+        await presence.beat()
+        await presence.beat()
+        assert recorder.beats == [{"alice": 2, "bob": 1}, {}]  # nothing changed: only the heartbeat
+        await alice.aclose()
+        carol = await open_stream("carol")
+        await carol.aclose()  # came and went within one beat: seen, with no stream
+        await presence.beat()
+        assert recorder.beats[-1] == {"alice": 1, "carol": 0}
+
+        recorder.fail = True  # not confirmed: sent again with the next beat
+        await open_stream("dave")
+        await presence._beat_logged()
+        assert presence.failures == 1
+        recorder.fail = False
+        await open_stream("dave")
+        await presence.beat()
+        assert recorder.beats[-1] == {"dave": 2}
+
+        recorder.forget = True  # expired meanwhile: what changed, then everything
+        await open_stream("erin")
+        await presence.beat()
+        assert recorder.beats[-2:] == [{"erin": 1}, {"alice": 1, "bob": 1, "dave": 2, "erin": 1}]
+    await presence.beat()  # all closed
+    assert recorder.beats[-1] == {"alice": 0, "bob": 0, "dave": 0, "erin": 0}
