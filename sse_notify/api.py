@@ -202,7 +202,7 @@ async def presence() -> Response:
     whether they have a stream open (`GET /events` or `GET /ws`) on any node of the
     deployment, how many, and `last_seen`, when their last stream closed (`null` while
     they are online, or when they were never seen). A stream opened or closed shows
-    within about a second; the streams of a node that stopped without shutting down stop
+    within a second; the streams of a node that stopped without shutting down stop
     counting 15 seconds (by default) after it was last heard from.
     """
     service = _service()
