@@ -17,8 +17,9 @@ Deliberate decisions:
   (:meth:`Hub.take_changed`), so a beat costs what changed, not a pass over every
   connected user (at 50,000 users that pass took some 50 ms of the event loop a second).
 * **One code path for every store.** A single SQLite node answers from its presence
-  table too, not from its own hub: a lone node and a cluster behave alike (and processes
-  sharing one database file would each be counted), within the contract's 2 seconds.
+  tables too, not from its own hub: a lone node and a cluster behave alike, within the
+  contract's 2 seconds. So after a SIGKILL and a restart, the killed process's streams
+  still count (beside their reconnections) until its last beat is ``presence_ttl`` old.
 * **A failed beat's changes go with the next one** (kept until the store confirmed them,
   newer counts replacing older); a node the store forgot (expired while it could not
   reach the store) sends all of its counts again (:meth:`Hub.user_streams`).
