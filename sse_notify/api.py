@@ -26,11 +26,12 @@ from .auth import subscriber_token, verify_publisher, verify_subscriber
 from .broker import BrokerUnavailable
 from .errors import ApiError
 from .metrics import CONTENT_TYPE, render_metrics
-from .models import MAX_ID, iso_ms
+from .models import MAX_ID, iso_ms, valid_name
 from .openapi import PUBLISHER, SUBSCRIBER, errors
+from .presence import MAX_USERS as MAX_PRESENCE_USERS
 from .schemas import (
-    HealthResponse, HistoryQuery, HistoryResponse, MarkReadBody, PublishAnswer, PublishRequest,
-    TokenBody, TokenResponse, UpdatedResponse, decode_body, parse,
+    HealthResponse, HistoryQuery, HistoryResponse, MarkReadBody, PresenceQuery, PresenceResponse,
+    PublishAnswer, PublishRequest, TokenBody, TokenResponse, UpdatedResponse, decode_body, parse,
 )
 from .service import Service
 from .store import StoreUnavailable
@@ -186,6 +187,38 @@ async def mint_token() -> Response:
     expires_at = time.time() + ttl
     token = service.signer.subscriber(body.user, ttl=ttl)
     return _json({"token": token, "user": body.user, "expires_at": iso_ms(int(expires_at * 1000))}, 201)
+
+
+@api.get("/presence")
+@security_scheme(PUBLISHER)
+@document_querystring(PresenceQuery)
+@document_response(PresenceResponse)
+@errors(401, 422, 503)
+async def presence() -> Response:
+    """Whether users are connected now
+
+    For your backend, before choosing between an in-app notification and an email: for
+    each `user` asked (repeat the parameter: `?user=alice&user=bob`, 1 to 100 users),
+    whether they have a stream open (`GET /events` or `GET /ws`) on any node of the
+    deployment, how many, and `last_seen`, when their last stream closed (`null` while
+    they are online, or when they were never seen). A stream opened or closed shows
+    within a second; the streams of a node that stopped without shutting down stop
+    counting 15 seconds (by default) after it was last heard from.
+    """
+    service = _service()
+    verify_publisher(service.signer, request.headers)
+    users = list(dict.fromkeys(request.args.getlist("user")))  # distinct, in the order asked
+    if not 1 <= len(users) <= MAX_PRESENCE_USERS:
+        raise ApiError.invalid(f"Give 1 to {MAX_PRESENCE_USERS} users as ?user=NAME, not {len(users)}.")
+    bad = next((user for user in users if not valid_name(user)), None)
+    if bad is not None:
+        raise ApiError.invalid(f"Each user must match ^[A-Za-z0-9._@:-]{{1,128}}$; {bad[:140]!r} does not.")
+    found = await service.presence.lookup(users)
+    return _json({"users": {user: {
+        "online": found[user].streams > 0,
+        "streams": found[user].streams,
+        "last_seen": None if found[user].last_seen is None else iso_ms(found[user].last_seen),
+    } for user in users}})
 
 
 @api.get("/healthz")

@@ -103,6 +103,9 @@ class Settings:
     certfile: Path | None = None
     keyfile: Path | None = None
     static_dir: Path = Path(__file__).resolve().parent.parent / "static"
+    #: Seconds after its last heartbeat that a node's streams stop counting in
+    #: ``GET /presence`` (a node beats every second). No flag: ``SSE_NOTIFY_PRESENCE_TTL``.
+    presence_ttl: float = 15.0
 
     _CONVERTERS = {
         "port": int,
@@ -124,6 +127,7 @@ class Settings:
         "static_dir": Path,
         "certfile": Path,
         "keyfile": Path,
+        "presence_ttl": float,
     }
 
     def __post_init__(self) -> None:
@@ -135,6 +139,8 @@ class Settings:
             value = getattr(self, name)
             if not (0 <= value < math.inf):
                 raise ValueError(f"{name} must be 0 (no limit) or a positive number")
+        if not 2 <= self.presence_ttl <= 3600:  # also refuses nan; under 2 s a beat late by a hair drops a node
+            raise ValueError("presence_ttl must be between 2 and 3600 seconds")
         if not 0 <= self.port <= 65535:
             raise ValueError("port must be 0-65535")
         if (self.certfile is None) != (self.keyfile is None):

@@ -146,6 +146,7 @@ class Hub:
         self.stats = HubStats()
         self._by_user: dict[str, set[Stream]] = {}
         self._all: set[Stream] = set()
+        self._changed: set[str] = set()  # users who opened or closed a stream: presence
 
     @asynccontextmanager
     async def subscribe(self, user: str, topics: frozenset[str] | None = None,
@@ -153,11 +154,13 @@ class Hub:
         stream = Stream(user, topics, transport, self.stream_buffer, self.stats)
         self._by_user.setdefault(user, set()).add(stream)
         self._all.add(stream)
+        self._changed.add(user)
         try:
             yield stream
         finally:
             stream._stop_timer()
             self._all.discard(stream)
+            self._changed.add(user)
             streams = self._by_user.get(user)
             if streams is not None:
                 streams.discard(stream)
@@ -190,3 +193,14 @@ class Hub:
 
     def user_count(self) -> int:
         return len(self._by_user)
+
+    def user_streams(self) -> dict[str, int]:
+        """Open streams per user (users with none left out)."""
+        return {user: len(streams) for user, streams in self._by_user.items()}
+
+    def take_changed(self) -> dict[str, int]:
+        """The users who opened or closed a stream since the last call, each with their
+        open streams now (0: none): what presence sends, without a pass over every user."""
+        changed, self._changed = self._changed, set()
+        by_user = self._by_user
+        return {user: len(by_user.get(user, ())) for user in changed}

@@ -51,6 +51,10 @@ ANSWER_EXAMPLES: dict[tuple[str, str, str], Any] = {
     ("post", "/tokens", "201"): {
         "token": "eyJ1IjoiYWxpY2UiLCJlIjoxNzk2MDUxMjI3LjI3OTg3MjR9.aw2DCw.sGziJFUsAtkDlDEiuCImxy2uXnE",
         "user": "alice", "expires_at": "2026-11-25T11:00:00.123Z"},
+    ("get", "/presence", "200"): {"users": {
+        "alice": {"online": True, "streams": 2, "last_seen": None},
+        "bob": {"online": False, "streams": 0, "last_seen": "2026-11-25T09:41:07.512Z"},
+        "carol": {"online": False, "streams": 0, "last_seen": None}}},
     ("get", "/healthz", "200"): {"status": "ok"},
 }
 
@@ -65,6 +69,7 @@ _422 = {
     ("post", "/notifications/read"): 'give either "ids" or "all": true',
     ("post", "/tokens"): "user: String should match pattern '^[A-Za-z0-9._@:-]{1,128}$'",
     ("get", "/events"): "Each topic must match ^[A-Za-z0-9._@:-]{1,128}$.",
+    ("get", "/presence"): "Give 1 to 100 users as ?user=NAME, not 0.",
 }
 
 #: Error answers by status: (method, path, publisher token?) -> the body.

@@ -23,6 +23,7 @@ from .models import MAX_ID, NotificationDraft
 __all__ = [
     "ErrorBody", "HealthResponse", "HistoryQuery", "HistoryResponse", "IdsResponse", "MarkReadBody",
     "NotificationOut", "PublishBody", "TokenBody", "TokenResponse", "UpdatedResponse",
+    "PresenceQuery", "PresenceResponse", "UserPresenceOut",
     "BulkIdsResponse", "MAX_BULK", "PublishAnswer", "PublishRequest",
     "decode_body", "parse", "parse_bulk",
 ]
@@ -151,6 +152,22 @@ class TokenResponse(BaseModel):
 
 class HealthResponse(BaseModel):
     status: Literal["ok"]
+
+
+class PresenceQuery(BaseModel):
+    """Query string of ``GET /presence`` (documentation; parsed by hand for 422s)."""
+
+    user: list[Name] = Field(min_length=1, max_length=100)
+
+
+class UserPresenceOut(BaseModel):
+    online: bool
+    streams: int = Field(ge=0)
+    last_seen: str | None
+
+
+class PresenceResponse(BaseModel):
+    users: dict[str, UserPresenceOut]
 
 
 class ErrorBody(BaseModel):

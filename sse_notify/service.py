@@ -8,6 +8,7 @@ the first node, in :meth:`Service.start`, before anything is served.
 Publishing flows ``store.add()`` (group commit, ids assigned) -> the store's commit
 listener -> ``broker.publish()`` (in id order) -> every node's follower task (which fills
 from the store whatever the broker lost, :mod:`sse_notify.follower`) -> ``hub.dispatch()``.
+Presence (:mod:`sse_notify.presence`) beats from its own task, reading the hub's counts.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from .follower import Follower
 from .hub import Hub
 from .limits import PublishRate, StreamSlots
 from .models import NotificationDraft, ReadChange, now_ms
+from .presence import Presence
 from .store import BulkPublishResult, PublishResult, SecretKeeper, Store, open_store
+from .store.presence import open_presence_store
 from .tokens import TokenSigner
 
 __all__ = ["Service"]
@@ -47,6 +50,7 @@ class Service:
         self.broker = broker if broker is not None else open_broker(settings.broker_url)
         self.hub = Hub(settings.stream_buffer)
         self.follower = Follower(self.store, self.broker, self.hub.dispatch)
+        self.presence = Presence(open_presence_store(self.store), self.hub, settings.presence_ttl)
         self.slots = StreamSlots(settings.max_user_streams, settings.max_streams)
         self.publish_rate = PublishRate(settings.publish_rate, settings.publish_burst)
         self.published = 0
@@ -63,7 +67,9 @@ class Service:
                 self._use_keyring(keyring)
             await self.broker.open()
             await self.follower.start()  # its position, now that the broker is subscribed
+            await self.presence.start()
         except BaseException:
+            await self.presence.store.close()
             await self.broker.close()
             await self.store.close()
             raise
@@ -71,6 +77,7 @@ class Service:
         self._tasks = [
             asyncio.create_task(self.follower.run(), name="follower"),
             asyncio.create_task(self._prune_periodically(), name="retention"),
+            asyncio.create_task(self.presence.run(), name="presence"),
         ]
 
     def _use_keyring(self, keyring: Keyring) -> None:
@@ -83,6 +90,7 @@ class Service:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        await self.presence.stop()
         await self.broker.close()
         await self.store.close()
 

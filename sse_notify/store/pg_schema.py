@@ -38,6 +38,7 @@ COMMAND_TIMEOUT = 5.0  # seconds any one statement may take
 POOL_SIZE = 10
 MIGRATION_LOCK = 0x55e_0001  # pg_advisory_xact_lock keys of this application
 PRUNE_LOCK = 0x55e_0002
+PRESENCE_EXPIRY_LOCK = 0x55e_0010
 
 _SCHEMA_V1 = """
 CREATE TABLE counter (
@@ -86,7 +87,25 @@ CREATE TABLE secrets (
     previous_until double precision     -- epoch seconds
 );
 """
-MIGRATIONS = [_SCHEMA_V1]
+# Presence: each node's stream counts per user and its heartbeat (store/presence.py).
+_PRESENCE = """
+CREATE TABLE presence_nodes (
+    node    text PRIMARY KEY,
+    beat_at bigint NOT NULL             -- epoch ms, the database server's clock
+);
+CREATE TABLE presence (
+    user_id text NOT NULL,
+    node    text NOT NULL,
+    streams integer NOT NULL,
+    PRIMARY KEY (user_id, node)
+);
+CREATE INDEX presence_node ON presence (node);
+CREATE TABLE presence_last_seen (
+    user_id text PRIMARY KEY,
+    at      bigint NOT NULL             -- epoch ms
+);
+"""
+MIGRATIONS = [_SCHEMA_V1, _PRESENCE]
 
 #: Errors that mean "PostgreSQL cannot answer now" (down, restarting, connection killed,
 #: out of disk), as opposed to a statement it refused.

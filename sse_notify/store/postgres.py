@@ -323,6 +323,11 @@ class PostgresStore:
         except (asyncpg.PostgresError, *UNAVAILABLE_ERRORS) as exc:
             raise unavailable(exc) from exc
 
+    def connection(self) -> contextlib.AbstractAsyncContextManager[asyncpg.Connection]:
+        """A pooled connection for what shares this store's database (presence);
+        whatever fails in it is :class:`StoreUnavailable`."""
+        return self._connection()
+
     async def _read(self, sql: str, *args: Any) -> list[asyncpg.Record]:
         async with self._connection() as conn:
             return await conn.fetch(sql, *args)
