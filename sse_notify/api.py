@@ -30,10 +30,10 @@ from .models import MAX_ID, iso_ms
 from .openapi import PUBLISHER, SUBSCRIBER, errors
 from .schemas import (
     HealthResponse, HistoryQuery, HistoryResponse, MarkReadBody, PublishAnswer, PublishRequest,
-    TokenBody, TokenResponse, UpdatedResponse, decode_body, parse,
+    StatusResponse, TokenBody, TokenResponse, UpdatedResponse, decode_body, parse,
 )
 from .service import Service
-from .store import StoreUnavailable
+from .store import ReceiptStore, StoreUnavailable
 from .tokens import DEFAULT_SUBSCRIBER_TTL
 
 __all__ = ["api"]
@@ -163,6 +163,34 @@ async def mark_many_read() -> Response:
     body = parse(MarkReadBody, await _body())
     changed = await _service().mark_read(user, body.ids)
     return _json({"updated": len(changed)})
+
+
+@api.get("/notifications/<int:id>/status")
+@security_scheme(PUBLISHER)
+@document_response(StatusResponse)
+@errors(401, 404, 503)
+async def status(id: int) -> Response:
+    """Did they get it, did they read it? (delivery and read receipts)
+
+    For a notification sent to a user (`user` or `users`: one id per user), when it was
+    first written to any stream of that user (`delivered_at`: live, or replayed at a
+    reconnect, on any node) and when the user marked it read (`read_at`); each is `null`
+    until it happens. For a broadcast, `read` counts the users who have read it.
+    Deliveries are recorded in batches, so `delivered_at` may appear up to about a second
+    after the event reached the stream. `404` for an id that does not exist (or was
+    removed by retention).
+    """
+    service = _service()
+    verify_publisher(service.signer, request.headers)
+    store = service.store
+    found = await store.status(id) if id <= MAX_ID and isinstance(store, ReceiptStore) else None
+    if found is None:
+        raise ApiError.not_found(f"Notification {id} does not exist.")
+    if found.user is None:
+        return _json({"id": id, "broadcast": True, "read": found.read_count})
+    receipt = {"delivered_at": None if found.delivered_at is None else iso_ms(found.delivered_at),
+               "read_at": None if found.read_at is None else iso_ms(found.read_at)}
+    return _json({"id": id, "broadcast": False, "users": {found.user: receipt}})
 
 
 @api.post("/tokens")

@@ -97,6 +97,9 @@ class Settings:
     #: Still accepted (never used to sign) beside ``secret``; only with ``secret``.
     previous_secret: str | None = field(default=None, repr=False)
     access_log: bool = True
+    #: Record delivery receipts (``GET /notifications/<id>/status``); off only to measure
+    #: what recording costs.
+    receipts: bool = True
     #: TLS certificate and key (PEM); with both set the service speaks HTTPS and HTTP/2.
     certfile: Path | None = None
     keyfile: Path | None = None
@@ -118,6 +121,7 @@ class Settings:
         "retention": parse_duration,
         "allow_origin": _split_origins,
         "access_log": _boolean,
+        "receipts": _boolean,
         "static_dir": Path,
         "certfile": Path,
         "keyfile": Path,

@@ -176,13 +176,15 @@ _ANSWER_TEXT = {
                                            "an id that is not a positive integer.",
     ("post", "/tokens", "201"): "The token, its user and when it expires.",
     ("post", "/tokens", "422"): "A bad user id, or `ttl` outside 1-31622400.",
+    ("get", "/notifications/{id}/status", "200"): "Its receipts: per target user, or a broadcast's read count.",
+    ("get", "/notifications/{id}/status", "404"): "No notification has this id (or retention removed it).",
     ("get", "/healthz", "200"): "Storage answers.",
     ("get", "/healthz", "503"): "Storage does not answer, or its disk is (nearly) full.",
 }
 #: The reference's groups, in the order shown, and the operations in each.
 _TAGS = [
     ("Publish", "For your backend, with a publisher token.",
-     {("post", "/notifications"), ("post", "/tokens")}),
+     {("post", "/notifications"), ("post", "/tokens"), ("get", "/notifications/{id}/status")}),
     ("Subscribe", "For each user's browser or device, with a subscriber token: the live feed.",
      {("get", "/events"), ("get", "/ws")}),
     ("Inbox", "History and read state, with a subscriber token.",
@@ -196,6 +198,7 @@ _PARAMETER_TEXT = {
                                          "page's `next_before`.",
     ("get", "/notifications", "unread"): "`true`: only unread; `false`: only read; absent: both.",
     ("post", "/notifications/{id}/read", "id"): "The notification's id.",
+    ("get", "/notifications/{id}/status", "id"): "The notification's id, as `POST /notifications` answered it.",
 }
 _IDEMPOTENCY_KEY = {
     "name": "Idempotency-Key", "in": "header", "required": False,

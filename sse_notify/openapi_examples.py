@@ -51,6 +51,9 @@ ANSWER_EXAMPLES: dict[tuple[str, str, str], Any] = {
     ("post", "/tokens", "201"): {
         "token": "eyJ1IjoiYWxpY2UiLCJlIjoxNzk2MDUxMjI3LjI3OTg3MjR9.aw2DCw.sGziJFUsAtkDlDEiuCImxy2uXnE",
         "user": "alice", "expires_at": "2026-11-25T11:00:00.123Z"},
+    ("get", "/notifications/{id}/status", "200"): {
+        "id": 42, "broadcast": False,
+        "users": {"alice": {"delivered_at": "2026-11-25T10:00:00.161Z", "read_at": None}}},
     ("get", "/healthz", "200"): {"status": "ok"},
 }
 

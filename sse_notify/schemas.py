@@ -23,7 +23,7 @@ from .models import MAX_ID, NotificationDraft
 __all__ = [
     "ErrorBody", "HealthResponse", "HistoryQuery", "HistoryResponse", "IdsResponse", "MarkReadBody",
     "NotificationOut", "PublishBody", "TokenBody", "TokenResponse", "UpdatedResponse",
-    "BulkIdsResponse", "MAX_BULK", "PublishAnswer", "PublishRequest",
+    "BulkIdsResponse", "MAX_BULK", "PublishAnswer", "PublishRequest", "StatusResponse",
     "decode_body", "parse", "parse_bulk",
 ]
 
@@ -137,6 +137,27 @@ class BulkIdsResponse(BaseModel):
 
 class PublishAnswer(RootModel[IdsResponse | BulkIdsResponse]):
     """The ids stored; for an array body, one {"ids": [...]} per element, in order."""
+
+
+class Receipt(BaseModel):
+    delivered_at: str | None  # first written to one of the user's streams
+    read_at: str | None
+
+
+class UserStatus(BaseModel):
+    id: int
+    broadcast: Literal[False]
+    users: dict[str, Receipt]
+
+
+class BroadcastStatus(BaseModel):
+    id: int
+    broadcast: Literal[True]
+    read: int  # users who read it
+
+
+class StatusResponse(RootModel[UserStatus | BroadcastStatus]):
+    """A user's notification: its receipt per target user; a broadcast: how many read it."""
 
 
 class UpdatedResponse(BaseModel):

@@ -22,7 +22,8 @@ from .follower import Follower
 from .hub import Hub
 from .limits import PublishRate, StreamSlots
 from .models import NotificationDraft, ReadChange, now_ms
-from .store import BulkPublishResult, PublishResult, SecretKeeper, Store, open_store
+from .receipts import Receipts
+from .store import BulkPublishResult, PublishResult, ReceiptStore, SecretKeeper, Store, open_store
 from .tokens import TokenSigner
 
 __all__ = ["Service"]
@@ -50,6 +51,10 @@ class Service:
         self.slots = StreamSlots(settings.max_user_streams, settings.max_streams)
         self.publish_rate = PublishRate(settings.publish_rate, settings.publish_burst)
         self.published = 0
+        self.receipts: Receipts | None = None
+        if settings.receipts and isinstance(self.store, ReceiptStore):
+            self.receipts = Receipts(self.store)
+            self.hub.on_delivered = self.receipts.delivered
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -72,6 +77,8 @@ class Service:
             asyncio.create_task(self.follower.run(), name="follower"),
             asyncio.create_task(self._prune_periodically(), name="retention"),
         ]
+        if self.receipts is not None:
+            self._tasks.append(asyncio.create_task(self.receipts.run(), name="receipts"))
 
     def _use_keyring(self, keyring: Keyring) -> None:
         self.keyring = keyring

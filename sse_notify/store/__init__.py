@@ -10,6 +10,9 @@ A store that several nodes share may also keep the cluster's signing secret
 from the store when it starts, and ``sse-notify token``/``rotate-secret`` read or rotate
 it there (:func:`cluster_keyring`, :func:`rotate_cluster_secret`) instead of in the data
 directory. ``SSE_NOTIFY_SECRET`` still overrides.
+
+Delivery receipts and read times (:class:`ReceiptStore`) are a protocol of their own, so
+the core :class:`Store` stays small; both backends implement it in a helper module.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Protocol, runtime_checkable
 from ..config import Keyring, Settings
 from ..models import Notification, NotificationDraft
 
-__all__ = ["Store", "SecretKeeper", "BulkPublishResult", "HistoryPage", "PublishResult", "StoreUnavailable",
+__all__ = ["Store", "SecretKeeper", "ReceiptStore", "Status", "BulkPublishResult", "HistoryPage", "PublishResult", "StoreUnavailable",
            "StoreConfigError", "open_store", "check_store", "cluster_keyring", "rotate_cluster_secret"]
 
 POSTGRES_SCHEMES = ("postgresql", "postgres")
@@ -99,6 +102,31 @@ class Store(Protocol):
     async def prune(self, older_than_ms: int, limit: int) -> int:
         """Remove at most ``limit`` of the oldest notifications created before
         ``older_than_ms``; returns how many went."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """What ``GET /notifications/<id>/status`` answers, as stored (times in epoch ms)."""
+
+    id: int
+    user: str | None  # None: a broadcast
+    delivered_at: int | None  # for a user's notification: first written to a stream
+    read_at: int | None  # for a user's notification: when that user marked it read
+    read_count: int  # for a broadcast: how many users read it
+
+
+@runtime_checkable
+class ReceiptStore(Protocol):
+    """Delivery receipts and read times (``reads`` keeps when each mark was made)."""
+
+    async def record_deliveries(self, rows: Sequence[tuple[str, int, int]]) -> None:
+        """``(user, id, delivered_at)`` rows in one statement; a pair already recorded keeps
+        its first time, and a pair that names no notification of that user is ignored."""
+        ...
+
+    async def status(self, id: int) -> Status | None:
+        """Notification ``id``'s receipts; None when it does not exist (or was pruned)."""
         ...
 
 

@@ -108,13 +108,13 @@ async def run_jobs(conn: asyncpg.Connection, jobs: list[Job],
             results.append(await _prune(conn, *args))
         elif kind == "mark":
             results.append(sorted(r[0] for r in await conn.fetch(
-                "INSERT INTO reads (user_id, id) SELECT $1, id FROM notifications "
+                "INSERT INTO reads (user_id, id, read_at) SELECT $1, id, $3 FROM notifications "
                 "WHERE id = ANY($2::bigint[]) AND (user_id = $1 OR user_id IS NULL) "
-                "ON CONFLICT DO NOTHING RETURNING id", *args)))
+                "ON CONFLICT DO NOTHING RETURNING id", *args, now_ms())))
         elif kind == "mark_all":
             results.append(sorted(r[0] for r in await conn.fetch(
-                f"INSERT INTO reads (user_id, id) SELECT $1, id FROM ({visible()}) v "
-                "ON CONFLICT DO NOTHING RETURNING id", *args)))
+                f"INSERT INTO reads (user_id, id, read_at) SELECT $1, id, $2 FROM ({visible()}) v "
+                "ON CONFLICT DO NOTHING RETURNING id", *args, now_ms())))
         else:  # probe
             results.append(await conn.execute("UPDATE health SET probed_at = $1", now_ms()))
     return xid, results
@@ -186,5 +186,6 @@ async def _prune(conn: asyncpg.Connection, older_than_ms: int, limit: int) -> in
         await conn.execute("UPDATE counter SET pruned_through = greatest(pruned_through, $1)", through)
         removed = int((await conn.execute("DELETE FROM notifications WHERE id <= $1", through)).split()[-1])
         await conn.execute("DELETE FROM reads WHERE id <= $1", through)
+        await conn.execute("DELETE FROM receipts WHERE id <= $1", through)
     await conn.execute("DELETE FROM idempotency WHERE created_at <= $1", now_ms() - IDEMPOTENCY_WINDOW_MS)
     return removed

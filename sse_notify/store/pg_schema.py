@@ -27,6 +27,7 @@ import asyncpg
 
 from ..config import Keyring
 from . import StoreConfigError, StoreUnavailable
+from .pg_receipts import RECEIPTS_V2
 
 __all__ = ["connect_pool", "migrate", "load_keyring", "rotate_keyring", "safe_url", "is_unavailable",
            "unavailable", "MIGRATIONS", "UNAVAILABLE_ERRORS"]
@@ -86,7 +87,7 @@ CREATE TABLE secrets (
     previous_until double precision     -- epoch seconds
 );
 """
-MIGRATIONS = [_SCHEMA_V1]
+MIGRATIONS = [_SCHEMA_V1, RECEIPTS_V2]
 
 #: Errors that mean "PostgreSQL cannot answer now" (down, restarting, connection killed,
 #: out of disk), as opposed to a statement it refused.

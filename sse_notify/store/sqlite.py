@@ -47,6 +47,7 @@ import orjson
 
 from ..models import Notification, NotificationDraft, now_ms
 from . import BulkPublishResult, HistoryPage, PublishResult, StoreUnavailable
+from .sqlite_receipts import RECEIPTS_V3, SQLiteReceipts
 
 __all__ = ["SQLiteStore"]
 
@@ -96,7 +97,7 @@ _INDEXES_V2 = """
 CREATE INDEX reads_id ON reads (id);
 CREATE INDEX idempotency_created_at ON idempotency (created_at);
 """
-_MIGRATIONS = [_SCHEMA_V1, _INDEXES_V2]
+_MIGRATIONS = [_SCHEMA_V1, _INDEXES_V2, RECEIPTS_V3]
 
 _COLUMNS = "id, user, topic, title, body, priority, data, created_at"
 
@@ -167,7 +168,7 @@ class _Inserts:
             self.keys = []
 
 
-class SQLiteStore:
+class SQLiteStore(SQLiteReceipts):
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.on_commit: Callable[[list[Notification]], None] | None = None
@@ -357,6 +358,8 @@ class SQLiteStore:
                     results.append(await self._do_mark_all(db, *args))
                 elif kind == "prune":
                     results.append(await self._do_prune(db, *args))
+                elif kind == "run":  # a helper module's write (receipts): fn(db)
+                    results.append(await args[0](db))
                 else:  # probe
                     results.append(await db.execute(
                         "INSERT OR REPLACE INTO meta (key, value) VALUES ('probed_at', ?)", (now_ms(),)))
@@ -414,17 +417,17 @@ class SQLiteStore:
             chunk = ids[start:start + 500]
             marks = ",".join("?" * len(chunk))
             changed.extend(row[0] for row in await db.execute_fetchall(
-                f"INSERT OR IGNORE INTO reads (user, id) SELECT ?, id FROM notifications "
+                f"INSERT OR IGNORE INTO reads (user, id, read_at) SELECT ?, id, ? FROM notifications "
                 f"WHERE id IN ({marks}) AND (user = ? OR user IS NULL) RETURNING id",
-                (user, *chunk, user)))
+                (user, now_ms(), *chunk, user)))
         return sorted(changed)
 
     @staticmethod
     async def _do_mark_all(db: aiosqlite.Connection, user: str) -> list[int]:
         return sorted(row[0] for row in await db.execute_fetchall(
-            "INSERT OR IGNORE INTO reads (user, id) SELECT :user, id FROM ("
+            "INSERT OR IGNORE INTO reads (user, id, read_at) SELECT :user, id, :now FROM ("
             + _visible() + ") RETURNING id",
-            {"user": user}))
+            {"user": user, "now": now_ms()}))
 
     async def _do_prune(self, db: aiosqlite.Connection, older_than_ms: int, limit: int) -> int:
         # Ids follow creation time, so the oldest ``limit`` rows are the lowest ids.
@@ -436,6 +439,7 @@ class SQLiteStore:
             async with db.execute("DELETE FROM notifications WHERE id <= ?", (through,)) as cursor:
                 removed = cursor.rowcount
             await db.execute("DELETE FROM reads WHERE id <= ?", (through,))
+            await db.execute("DELETE FROM receipts WHERE id <= ?", (through,))
             self._pruned_through = max(self._pruned_through, through)
             await db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('pruned_through', ?)",
                              (self._pruned_through,))
