@@ -83,6 +83,17 @@ async def publish() -> Response:
     To retry safely, send an `Idempotency-Key` header: a repeat of the same key by the same
     publisher within 24 hours stores nothing new and answers `200` with the first request's
     ids.
+
+    To hear back when a user did not see it, add `"escalate": {"after": "10m", "unless":
+    "read"}` (`after`: `5s` to `7d`; `unless`: `read`, the default, or `delivered`; not on
+    broadcasts). When `after` has passed and, for a target user, the notification is still
+    unread (or was never written to any of their streams, and not read), the service POSTs
+    a signed webhook (Standard Webhooks: `webhook-id`, `webhook-timestamp`,
+    `webhook-signature`; verify with `sse-notify webhook-secret`'s secret) with
+    `{"type": "notification.unread" | "notification.undelivered", "user": ..., "notification":
+    {...}}` to the server's `--webhook-url`, once per user, retried for up to 24 hours with
+    the same `webhook-id`. The escalation is stored with the notification: a `201` means it
+    is scheduled. Without a webhook URL configured, `escalate` is refused (422).
     """
     # Declared for Quart's routing (its 405 answers, OPTIONS) and for /openapi.json: the
     # request itself is served in front of Quart by transports.PublishEndpoint, so this
@@ -250,7 +261,7 @@ async def metrics() -> Response:
     proxy if it should not be public.
     """
     service = _service()
-    return Response(render_metrics(service.hub, service.published, service.follower),
+    return Response(render_metrics(service.hub, service.published, service.follower, service.escalator),
                     content_type=CONTENT_TYPE)
 
 

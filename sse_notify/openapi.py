@@ -162,8 +162,10 @@ _ANSWER_TEXT = {
     ("post", "/notifications", "200"): "A repeat of an `Idempotency-Key`: nothing stored, the "
                                       "first request's ids.",
     ("post", "/notifications", "422"): "Not exactly one target, a missing or too long `title`, "
-                                      "a bad user id or topic, an unknown field, or a bad "
-                                      "`Idempotency-Key`.",
+                                      "a bad user id or topic, an unknown field, a bad "
+                                      "`Idempotency-Key`, or a bad `escalate` (`after` outside "
+                                      "5s-7d, an unknown `unless`, on a broadcast, or no "
+                                      "`--webhook-url` on the server).",
     ("post", "/notifications", "429"): "Over `--publish-rate` for this publisher; retry after "
                                       "the `Retry-After` seconds.",
     ("get", "/notifications", "200"): "A page of notifications, newest first.",

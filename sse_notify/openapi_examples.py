@@ -31,6 +31,9 @@ REQUEST_EXAMPLES: dict[tuple[str, str], dict[str, Any]] = {
                              "priority": "high", "topic": "ops"},
         "3 To everyone": {"broadcast": True, "title": "Maintenance tonight at 22:00 UTC",
                         "priority": "urgent"},
+        "4 Email them if unread after 10 minutes": {
+            "user": "alice", "title": "Your order shipped", "topic": "orders",
+            "escalate": {"after": "10m", "unless": "read"}},
     },
     ("post", "/notifications/read"): {
         "1 Some ids": {"ids": [41, 42]},

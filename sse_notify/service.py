@@ -17,13 +17,16 @@ import logging
 from collections.abc import Sequence
 
 from .broker import Broker, open_broker
-from .config import Keyring, Settings
+from .config import Keyring, Settings, load_webhook_secret
 from .follower import Follower
 from .hub import Hub
 from .limits import PublishRate, StreamSlots
 from .models import NotificationDraft, ReadChange, now_ms
+from .escalation import Escalator
 from .receipts import Receipts
-from .store import BulkPublishResult, PublishResult, ReceiptStore, SecretKeeper, Store, open_store
+from .webhooks import WebhookSender
+from .store import (BulkPublishResult, EscalationStore, PublishResult, ReceiptStore, SecretKeeper, Store,
+                    WebhookSecretKeeper, open_store)
 from .tokens import TokenSigner
 
 __all__ = ["Service"]
@@ -55,6 +58,7 @@ class Service:
         if settings.receipts and isinstance(self.store, ReceiptStore):
             self.receipts = Receipts(self.store)
             self.hub.on_delivered = self.receipts.delivered
+        self.escalator: Escalator | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -66,6 +70,7 @@ class Service:
                 keyring = await self.store.keyring(create=True)
                 assert keyring is not None
                 self._use_keyring(keyring)
+            webhook_secret = await self._webhook_secret()
             await self.broker.open()
             await self.follower.start()  # its position, now that the broker is subscribed
         except BaseException:
@@ -79,6 +84,20 @@ class Service:
         ]
         if self.receipts is not None:
             self._tasks.append(asyncio.create_task(self.receipts.run(), name="receipts"))
+        if self.settings.webhook_url and isinstance(self.store, EscalationStore):
+            sender = WebhookSender(self.settings.webhook_url, webhook_secret, self.settings.webhook_timeout)
+            self.escalator = Escalator(self.store, sender, poll=self.settings.escalation_poll,
+                                       receipts=self.receipts)
+            self._tasks.append(asyncio.create_task(self.escalator.run(), name="escalation"))
+
+    async def _webhook_secret(self) -> str:
+        """The webhook secret, made on the first start (like the signing secret): in the
+        store's database when it keeps one (PostgreSQL), else in the data directory."""
+        if isinstance(self.store, WebhookSecretKeeper):
+            secret = await self.store.webhook_secret(create=True)
+            assert secret is not None
+            return secret
+        return load_webhook_secret(self.settings.data_dir, create=True)
 
     def _use_keyring(self, keyring: Keyring) -> None:
         self.keyring = keyring

@@ -27,6 +27,7 @@ import asyncpg
 
 from ..config import Keyring
 from . import StoreConfigError, StoreUnavailable
+from .pg_escalations import ESCALATIONS_V3
 from .pg_receipts import RECEIPTS_V2
 
 __all__ = ["connect_pool", "migrate", "load_keyring", "rotate_keyring", "safe_url", "is_unavailable",
@@ -87,7 +88,7 @@ CREATE TABLE secrets (
     previous_until double precision     -- epoch seconds
 );
 """
-MIGRATIONS = [_SCHEMA_V1, RECEIPTS_V2]
+MIGRATIONS = [_SCHEMA_V1, RECEIPTS_V2, ESCALATIONS_V3]
 
 #: Errors that mean "PostgreSQL cannot answer now" (down, restarting, connection killed,
 #: out of disk), as opposed to a statement it refused.
