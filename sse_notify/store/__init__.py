@@ -137,7 +137,7 @@ class ReceiptStore(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class DueEscalation:
-    """A claimed escalation and what decides it, read in the claim's transaction."""
+    """A claimed escalation and what decides it (read and delivered), read as it is claimed."""
 
     id: int
     user: str
