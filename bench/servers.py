@@ -92,6 +92,8 @@ class Server:
     def start(self, timeout: float = 30.0) -> Server:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("SSE_NOTIFY_")}
+        if "SSE_NOTIFY_RECEIPTS" in os.environ:  # to measure what recording receipts costs
+            env["SSE_NOTIFY_RECEIPTS"] = os.environ["SSE_NOTIFY_RECEIPTS"]
         env.update(SSE_NOTIFY_SECRET=self.secret, PYTHONUNBUFFERED="1")
         cmd = _pin_prefix(self.core) + self.command()
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

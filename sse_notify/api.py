@@ -31,10 +31,11 @@ from .openapi import PUBLISHER, SUBSCRIBER, errors
 from .presence import MAX_USERS as MAX_PRESENCE_USERS
 from .schemas import (
     HealthResponse, HistoryQuery, HistoryResponse, MarkReadBody, PresenceQuery, PresenceResponse,
-    PublishAnswer, PublishRequest, TokenBody, TokenResponse, UpdatedResponse, decode_body, parse,
+    PublishAnswer, PublishRequest, StatusResponse, TokenBody, TokenResponse, UpdatedResponse, decode_body,
+    parse,
 )
 from .service import Service
-from .store import StoreUnavailable
+from .store import ReceiptStore, StoreUnavailable
 from .tokens import DEFAULT_SUBSCRIBER_TTL
 
 __all__ = ["api"]
@@ -84,6 +85,17 @@ async def publish() -> Response:
     To retry safely, send an `Idempotency-Key` header: a repeat of the same key by the same
     publisher within 24 hours stores nothing new and answers `200` with the first request's
     ids.
+
+    To hear back when a user did not see it, add `"escalate": {"after": "10m", "unless":
+    "read"}` (`after`: `5s` to `7d`; `unless`: `read`, the default, or `delivered`; not on
+    broadcasts). When `after` has passed and, for a target user, the notification is still
+    unread (or was never written to any of their streams, and not read), the service POSTs
+    a signed webhook (Standard Webhooks: `webhook-id`, `webhook-timestamp`,
+    `webhook-signature`; verify with `sse-notify webhook-secret`'s secret) with
+    `{"type": "notification.unread" | "notification.undelivered", "user": ..., "notification":
+    {...}}` to the server's `--webhook-url`, once per user, retried for up to 24 hours with
+    the same `webhook-id`. The escalation is stored with the notification: a `201` means it
+    is scheduled. Without a webhook URL configured, `escalate` is refused (422).
     """
     # Declared for Quart's routing (its 405 answers, OPTIONS) and for /openapi.json: the
     # request itself is served in front of Quart by transports.PublishEndpoint, so this
@@ -164,6 +176,34 @@ async def mark_many_read() -> Response:
     body = parse(MarkReadBody, await _body())
     changed = await _service().mark_read(user, body.ids)
     return _json({"updated": len(changed)})
+
+
+@api.get("/notifications/<int:id>/status")
+@security_scheme(PUBLISHER)
+@document_response(StatusResponse)
+@errors(401, 404, 503)
+async def status(id: int) -> Response:
+    """Did they get it, did they read it? (delivery and read receipts)
+
+    For a notification sent to a user (`user` or `users`: one id per user), when it was
+    first written to any stream of that user (`delivered_at`: live, or replayed at a
+    reconnect, on any node) and when the user marked it read (`read_at`); each is `null`
+    until it happens. For a broadcast, `read` counts the users who have read it.
+    Deliveries are recorded in batches, so `delivered_at` may appear up to about a second
+    after the event reached the stream. `404` for an id that does not exist (or was
+    removed by retention).
+    """
+    service = _service()
+    verify_publisher(service.signer, request.headers)
+    store = service.store
+    found = await store.status(id) if id <= MAX_ID and isinstance(store, ReceiptStore) else None
+    if found is None:
+        raise ApiError.not_found(f"Notification {id} does not exist.")
+    if found.user is None:
+        return _json({"id": id, "broadcast": True, "read": found.read_count})
+    receipt = {"delivered_at": None if found.delivered_at is None else iso_ms(found.delivered_at),
+               "read_at": None if found.read_at is None else iso_ms(found.read_at)}
+    return _json({"id": id, "broadcast": False, "users": {found.user: receipt}})
 
 
 @api.post("/tokens")
@@ -255,7 +295,7 @@ async def metrics() -> Response:
     proxy if it should not be public.
     """
     service = _service()
-    return Response(render_metrics(service.hub, service.published, service.follower),
+    return Response(render_metrics(service.hub, service.published, service.follower, service.escalator),
                     content_type=CONTENT_TYPE)
 
 

@@ -1,13 +1,14 @@
-"""The command line: ``sse-notify serve``, ``token``, ``rotate-secret`` and ``tail``.
+"""The command line: ``sse-notify serve``, ``token``, ``rotate-secret``, ``webhook-secret``
+and ``tail``.
 
 ``main(argv) -> int`` so tests call it directly. Flags default to "unset" and
 :meth:`Settings.from_env` applies them over ``SSE_NOTIFY_*`` variables and the defaults,
 so the precedence lives in one place; a flag's help names its variable and default,
 derived from the :class:`Settings` field of the same name (``_setting``).
 
-``token``, ``rotate-secret`` and ``tail`` never create a secret (only ``serve`` does): one
-invented beside the server's would sign tokens that the server rejects. ``serve --workers``
-hands over to :mod:`.workers`. ``serve`` installs its own
+``token``, ``rotate-secret``, ``webhook-secret`` and ``tail`` never create a secret (only
+``serve`` does): one invented beside the server's would sign tokens that the server
+rejects. ``serve --workers`` hands over to :mod:`.workers`. ``serve`` installs its own
 SIGINT/SIGTERM handlers: a signal first ends every open stream, then Hypercorn closes the
 (now idle) connections and the app's shutdown hooks close storage.
 """
@@ -27,9 +28,9 @@ from typing import Any, TypeVar
 
 import click
 
-from .config import (ENV_PREFIX, SECRET_FILE, Keyring, MissingSecret, Settings, parse_duration, redact_url,
-                     rotate_secret)
-from .store import StoreConfigError, check_store, cluster_keyring, rotate_cluster_secret
+from .config import (ENV_PREFIX, SECRET_FILE, Keyring, MissingSecret, Settings, load_webhook_secret, parse_duration,
+                     redact_url, rotate_secret)
+from .store import StoreConfigError, check_store, cluster_keyring, cluster_webhook_secret, rotate_cluster_secret
 from .tokens import DEFAULT_SUBSCRIBER_TTL, TokenSigner
 from .workers import WORKER_ENV, listening_socket, supervise
 
@@ -128,6 +129,10 @@ def cli() -> None:
           type=click.Path(path_type=Path, exists=True, dir_okay=False))
 @_setting("--keyfile", "TLS private key (PEM), with --certfile.", shown="none",
           type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@_setting("--webhook-url", "Where escalation webhooks go (http:// or https://); without it, escalate is refused.",
+          shown="none", metavar="URL")
+@_setting("--webhook-timeout", "Seconds a webhook receiver has to answer.", type=float, shown="10")
+@_setting("--escalation-poll", "Seconds between looks for escalations that came due.", type=float, shown="1")
 @_setting("--access-log/--no-access-log", "Log each request (no query strings).", default=None, shown="on")
 @_setting("--workers", "Server processes on this port, each one a node (needs a PostgreSQL store).", type=int)
 def serve(**flags: object) -> None:
@@ -210,7 +215,30 @@ def _signer(data_dir: Path | None, store: str | None) -> TokenSigner:
     return TokenSigner.from_keyring(_cluster(cluster_keyring, settings) or _existing_keyring(settings))
 
 
-def _cluster(function: Callable[..., Keyring | None], *args: object) -> Keyring | None:
+@cli.command("webhook-secret", short_help="Print the secret escalation webhooks are signed with.")
+@_data_dir_option("The server's data directory, which holds the webhook secret.")
+@_setting("--store", "Store URL; a PostgreSQL store holds the cluster's webhook secret.",
+          shown="none, the data directory's secret")
+def webhook_secret_command(data_dir: Path | None, store: str | None) -> None:
+    """Print the webhook secret (whsec_ and base64, the Standard Webhooks form) and a newline.
+
+    Receivers verify each webhook's signature with it (the standardwebhooks package). Only
+    `sse-notify serve` creates it, on its first start: without it this command fails and
+    creates nothing.
+    """
+    settings = _settings(data_dir=data_dir, store=store)
+    secret = _cluster(cluster_webhook_secret, settings)
+    if secret is None:
+        try:
+            secret = load_webhook_secret(settings.data_dir, create=False)
+        except MissingSecret as exc:
+            raise click.ClickException(f"no webhook secret at {exc.path} (only `sse-notify serve` creates one): "
+                                       "point to the server's data directory with --data-dir DIR or "
+                                       "SSE_NOTIFY_DATA_DIR, or to its PostgreSQL store with --store URL") from None
+    click.echo(secret)
+
+
+def _cluster(function: Callable[..., Any], *args: object) -> Any:
     """``function`` (the secret a PostgreSQL store keeps), its failure as one line."""
     try:
         return function(*args)

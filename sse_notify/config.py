@@ -6,6 +6,9 @@ Also owns the server secrets (:class:`Keyring`): ``SSE_NOTIFY_SECRET`` when set,
 Only the server creates it: a caller that merely signs (``sse-notify token``) passes
 ``create=False`` and gets :class:`MissingSecret`, because a secret it invented would sign
 tokens that the running server rejects.
+The webhook secret (``whsec_`` + base64 of 32 random bytes, the Standard Webhooks form)
+is kept the same way in ``<data-dir>/webhook.key`` (:func:`load_webhook_secret`), and
+likewise only ever created by the server.
 ``sse-notify rotate-secret`` (:func:`rotate_secret`) moves the current secret to
 ``<data-dir>/secret.previous`` with the end of its grace period and writes a new one; with
 ``SSE_NOTIFY_SECRET``, ``SSE_NOTIFY_PREVIOUS_SECRET`` plays that part for as long as it is set.
@@ -13,6 +16,7 @@ tokens that the running server rejects.
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import os
@@ -26,11 +30,12 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["Settings", "Keyring", "MissingSecret", "parse_duration", "load_secret", "rotate_secret",
-           "redact_url", "ENV_PREFIX"]
+           "redact_url", "ENV_PREFIX", "load_webhook_secret", "new_webhook_secret", "WEBHOOK_SECRET_FILE"]
 
 ENV_PREFIX = "SSE_NOTIFY_"
 SECRET_FILE = "secret.key"
 PREVIOUS_SECRET_FILE = "secret.previous"
+WEBHOOK_SECRET_FILE = "webhook.key"
 
 _DURATION_RE = re.compile(r"(\d+)\s*([smhd]?)")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -99,6 +104,15 @@ class Settings:
     access_log: bool = True
     #: Server processes on one port (``--workers``); each one is a node.
     workers: int = 1
+    #: Where escalation webhooks are POSTed (http or https); None: escalation is refused.
+    webhook_url: str | None = None
+    #: Seconds a webhook receiver has to answer before the attempt counts as failed.
+    webhook_timeout: float = 10.0
+    #: Seconds between looks for escalations that came due.
+    escalation_poll: float = 1.0
+    #: Record delivery receipts (``GET /notifications/<id>/status``); off only to measure
+    #: what recording costs.
+    receipts: bool = True
     #: TLS certificate and key (PEM); with both set the service speaks HTTPS and HTTP/2.
     certfile: Path | None = None
     keyfile: Path | None = None
@@ -124,6 +138,9 @@ class Settings:
         "allow_origin": _split_origins,
         "access_log": _boolean,
         "workers": int,
+        "receipts": _boolean,
+        "webhook_timeout": float,
+        "escalation_poll": float,
         "static_dir": Path,
         "certfile": Path,
         "keyfile": Path,
@@ -143,6 +160,13 @@ class Settings:
             raise ValueError("presence_ttl must be between 2 and 3600 seconds")
         if not 0 <= self.port <= 65535:
             raise ValueError("port must be 0-65535")
+        if self.webhook_url is not None:
+            parts = urlsplit(self.webhook_url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"webhook_url must be an http:// or https:// URL, not {redact_url(self.webhook_url)!r}")
+        for name in ("webhook_timeout", "escalation_poll"):
+            if not (0 < getattr(self, name) < math.inf):
+                raise ValueError(f"{name} must be a positive number")
         if (self.certfile is None) != (self.keyfile is None):
             raise ValueError("certfile and keyfile go together")
         if self.workers > 1 and self.store_url.startswith("sqlite:"):
@@ -259,6 +283,33 @@ def rotate_secret(data_dir: Path, grace: int) -> Keyring:
     _write_private(data_dir / PREVIOUS_SECRET_FILE, json.dumps({"secret": current, "until": until}))
     _write_private(data_dir / SECRET_FILE, secrets.token_urlsafe(48) + "\n")
     return load_keyring(data_dir)
+
+
+def new_webhook_secret() -> str:
+    """A fresh webhook secret in the Standard Webhooks form: ``whsec_`` + base64."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def load_webhook_secret(data_dir: Path, create: bool = True) -> str:
+    """``<data_dir>/webhook.key``, made (mode 0600) if absent; with ``create=False`` an
+    absent one is :class:`MissingSecret` and nothing is created."""
+    path = data_dir / WEBHOOK_SECRET_FILE
+    try:
+        secret = path.read_text().strip()
+    except (FileNotFoundError, NotADirectoryError):
+        secret = ""
+    if secret or not create:
+        if not secret:
+            raise MissingSecret(path)
+        return secret
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as fh:
+        fh.write(new_webhook_secret() + "\n")
+    return path.read_text().strip()
 
 
 def _write_private(path: Path, text: str) -> None:

@@ -128,7 +128,10 @@ class Feed:
         while True:
             page = await self.store.replay(self.user, last, self.topics, REPLAY_PAGE)
             if page:
-                await send([Outbound.notification(n) for n in page])
+                events = [Outbound.notification(n) for n in page]
+                await send(events)
+                if self.hub.on_delivered is not None:
+                    self.hub.on_delivered(self.user, events)
                 self.hub.stats.replayed += len(page)
                 last = page[-1].id
             if len(page) == REPLAY_PAGE:
@@ -170,4 +173,6 @@ class Feed:
                     stats.delivered += 1
             if fresh:
                 await send(fresh)
+                if self.hub.on_delivered is not None:
+                    self.hub.on_delivered(self.user, fresh)
                 quiet_until = loop.time() + self.heartbeat

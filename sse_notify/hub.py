@@ -147,6 +147,9 @@ class Hub:
         self._by_user: dict[str, set[Stream]] = {}
         self._all: set[Stream] = set()
         self._changed: set[str] = set()  # users who opened or closed a stream: presence
+        #: Told, once per batch a feed wrote to a stream, the user and the events written
+        #: (delivery receipts, :mod:`sse_notify.receipts`); None: nobody listens.
+        self.on_delivered: Callable[[str, Sequence[Outbound]], None] | None = None
 
     @asynccontextmanager
     async def subscribe(self, user: str, topics: frozenset[str] | None = None,

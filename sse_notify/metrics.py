@@ -16,7 +16,8 @@ from prometheus_client.registry import Collector
 
 from .hub import Hub
 
-if TYPE_CHECKING:  # only its counters are read
+if TYPE_CHECKING:  # only their counters are read
+    from .escalation import Escalator
     from .follower import Follower
 
 __all__ = ["render_metrics", "CONTENT_TYPE"]
@@ -25,10 +26,11 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class _ServiceCollector(Collector):
-    def __init__(self, hub: Hub, published: int, follower: Follower | None):
+    def __init__(self, hub: Hub, published: int, follower: Follower | None, escalator: Escalator | None):
         self.hub = hub
         self.published = published
         self.follower = follower
+        self.escalator = escalator
 
     def collect(self) -> Iterator[Metric]:
         hub = self.hub
@@ -65,7 +67,25 @@ class _ServiceCollector(Collector):
                                       value=follower.resyncs)
 
 
-def render_metrics(hub: Hub, published: int, follower: Follower | None = None) -> bytes:
+        escalator = self.escalator
+        if escalator is not None:
+            yield CounterMetricFamily("sse_notify_webhooks_sent", "Escalation webhooks a receiver took (2xx).",
+                                      value=escalator.sent)
+            yield CounterMetricFamily("sse_notify_webhook_failures",
+                                      "Escalation webhook attempts that failed (not 2xx, timeout, refused).",
+                                      value=escalator.failed)
+            yield CounterMetricFamily("sse_notify_webhooks_given_up",
+                                      "Escalation webhooks dropped after 24 h of failed attempts.",
+                                      value=escalator.given_up)
+            yield CounterMetricFamily("sse_notify_escalations_moot",
+                                      "Escalations not sent: read (or delivered) in time.", value=escalator.moot)
+            yield GaugeMetricFamily("sse_notify_escalations_pending",
+                                    "Escalations scheduled or being retried, whole deployment, as of the last poll.",
+                                    value=escalator.pending)
+
+
+def render_metrics(hub: Hub, published: int, follower: Follower | None = None,
+                   escalator: Escalator | None = None) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_ServiceCollector(hub, published, follower))
+    registry.register(_ServiceCollector(hub, published, follower, escalator))
     return generate_latest(registry)

@@ -19,6 +19,7 @@ __all__ = [
     "PRIORITIES",
     "Notification",
     "NotificationDraft",
+    "Escalate",
     "Priority",
     "ReadChange",
     "iso_ms",
@@ -51,6 +52,15 @@ def iso_ms(ms: int) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Escalate:
+    """Call the webhook ``after`` seconds past the commit unless the target user has by
+    then ``"read"`` the notification (or had it ``"delivered"``)."""
+
+    after: int
+    unless: Literal["read", "delivered"]
+
+
+@dataclass(frozen=True, slots=True)
 class NotificationDraft:
     """What a publisher asked to store for one recipient (``user=None``: broadcast)."""
 
@@ -60,6 +70,7 @@ class NotificationDraft:
     priority: str = "medium"
     topic: str | None = None
     data: dict[str, Any] | None = None
+    escalate: Escalate | None = None  # only for a user's notification, never a broadcast
 
 
 @dataclass(frozen=True, slots=True)

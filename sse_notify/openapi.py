@@ -162,8 +162,10 @@ _ANSWER_TEXT = {
     ("post", "/notifications", "200"): "A repeat of an `Idempotency-Key`: nothing stored, the "
                                       "first request's ids.",
     ("post", "/notifications", "422"): "Not exactly one target, a missing or too long `title`, "
-                                      "a bad user id or topic, an unknown field, or a bad "
-                                      "`Idempotency-Key`.",
+                                      "a bad user id or topic, an unknown field, a bad "
+                                      "`Idempotency-Key`, or a bad `escalate` (`after` outside "
+                                      "5s-7d, an unknown `unless`, on a broadcast, or no "
+                                      "`--webhook-url` on the server).",
     ("post", "/notifications", "429"): "Over `--publish-rate` for this publisher; retry after "
                                       "the `Retry-After` seconds.",
     ("get", "/notifications", "200"): "A page of notifications, newest first.",
@@ -178,13 +180,16 @@ _ANSWER_TEXT = {
     ("post", "/tokens", "422"): "A bad user id, or `ttl` outside 1-31622400.",
     ("get", "/presence", "200"): "Each user asked, in the order asked.",
     ("get", "/presence", "422"): "No `user`, more than 100, or one that is not a valid user id.",
+    ("get", "/notifications/{id}/status", "200"): "Its receipts: per target user, or a broadcast's read count.",
+    ("get", "/notifications/{id}/status", "404"): "No notification has this id (or retention removed it).",
     ("get", "/healthz", "200"): "Storage answers.",
     ("get", "/healthz", "503"): "Storage does not answer, or its disk is (nearly) full.",
 }
 #: The reference's groups, in the order shown, and the operations in each.
 _TAGS = [
     ("Publish", "For your backend, with a publisher token.",
-     {("post", "/notifications"), ("post", "/tokens"), ("get", "/presence")}),
+     {("post", "/notifications"), ("post", "/tokens"), ("get", "/presence"),
+      ("get", "/notifications/{id}/status")}),
     ("Subscribe", "For each user's browser or device, with a subscriber token: the live feed.",
      {("get", "/events"), ("get", "/ws")}),
     ("Inbox", "History and read state, with a subscriber token.",
@@ -199,6 +204,7 @@ _PARAMETER_TEXT = {
     ("get", "/notifications", "unread"): "`true`: only unread; `false`: only read; absent: both.",
     ("post", "/notifications/{id}/read", "id"): "The notification's id.",
     ("get", "/presence", "user"): "A user id; repeat the parameter for each user (1 to 100).",
+    ("get", "/notifications/{id}/status", "id"): "The notification's id, as `POST /notifications` answered it.",
 }
 _IDEMPOTENCY_KEY = {
     "name": "Idempotency-Key", "in": "header", "required": False,

@@ -31,6 +31,9 @@ REQUEST_EXAMPLES: dict[tuple[str, str], dict[str, Any]] = {
                              "priority": "high", "topic": "ops"},
         "3 To everyone": {"broadcast": True, "title": "Maintenance tonight at 22:00 UTC",
                         "priority": "urgent"},
+        "4 Email them if unread after 10 minutes": {
+            "user": "alice", "title": "Your order shipped", "topic": "orders",
+            "escalate": {"after": "10m", "unless": "read"}},
     },
     ("post", "/notifications/read"): {
         "1 Some ids": {"ids": [41, 42]},
@@ -55,6 +58,9 @@ ANSWER_EXAMPLES: dict[tuple[str, str, str], Any] = {
         "alice": {"online": True, "streams": 2, "last_seen": None},
         "bob": {"online": False, "streams": 0, "last_seen": "2026-11-25T09:41:07.512Z"},
         "carol": {"online": False, "streams": 0, "last_seen": None}}},
+    ("get", "/notifications/{id}/status", "200"): {
+        "id": 42, "broadcast": False,
+        "users": {"alice": {"delivered_at": "2026-11-25T10:00:00.161Z", "read_at": None}}},
     ("get", "/healthz", "200"): {"status": "ok"},
 }
 

@@ -18,13 +18,14 @@ from pydantic import (
 )
 
 from .errors import ApiError
-from .models import MAX_ID, NotificationDraft
+from .config import parse_duration
+from .models import MAX_ID, Escalate, NotificationDraft
 
 __all__ = [
     "ErrorBody", "HealthResponse", "HistoryQuery", "HistoryResponse", "IdsResponse", "MarkReadBody",
     "NotificationOut", "PublishBody", "TokenBody", "TokenResponse", "UpdatedResponse",
     "PresenceQuery", "PresenceResponse", "UserPresenceOut",
-    "BulkIdsResponse", "MAX_BULK", "PublishAnswer", "PublishRequest",
+    "BulkIdsResponse", "MAX_BULK", "PublishAnswer", "PublishRequest", "StatusResponse",
     "decode_body", "parse", "parse_bulk",
 ]
 
@@ -47,6 +48,28 @@ class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
 
+ESCALATE_MIN, ESCALATE_MAX = 5, 7 * 86400  # seconds
+
+
+class EscalateBody(_Strict):
+    """When to call the webhook: `after` a duration (`5s` to `7d`: a number and `s`, `m`,
+    `h` or `d`), unless the user has `read` the notification (or had it `delivered`)."""
+
+    after: str = Field(examples=["10m"])
+    unless: Literal["read", "delivered"] = "read"
+
+    @field_validator("after")
+    @classmethod
+    def _duration(cls, after: str) -> str:
+        try:
+            seconds = parse_duration(after)
+        except ValueError:
+            raise ValueError("must be a duration such as 30s, 10m, 2h or 1d") from None
+        if not ESCALATE_MIN <= seconds <= ESCALATE_MAX:
+            raise ValueError("must be between 5s and 7d")
+        return after
+
+
 class PublishBody(_Strict):
     user: Name | None = None
     users: list[Name] | None = Field(None, min_length=1, max_length=MAX_USERS)
@@ -56,6 +79,7 @@ class PublishBody(_Strict):
     priority: Literal["low", "medium", "high", "urgent"] = "medium"
     topic: Name | None = None
     data: dict[str, Any] | None = None
+    escalate: EscalateBody | None = None
 
     @field_validator("data")
     @classmethod
@@ -71,13 +95,17 @@ class PublishBody(_Strict):
             raise ValueError('give exactly one target: "user", "users" or "broadcast": true')
         if self.users is not None and len(set(self.users)) != len(self.users):
             raise ValueError('"users" must not repeat an id')
+        if self.broadcast and self.escalate is not None:
+            raise ValueError('"escalate" is for notifications to users, not broadcasts')
         return self
 
     def drafts(self) -> list[NotificationDraft]:
         recipients: list[str | None] = (
             [None] if self.broadcast else [self.user] if self.user is not None else list(self.users or ())
         )
-        return [NotificationDraft(user, self.title, self.body, self.priority, self.topic, self.data)
+        escalate = None if self.escalate is None else Escalate(parse_duration(self.escalate.after),
+                                                                self.escalate.unless)
+        return [NotificationDraft(user, self.title, self.body, self.priority, self.topic, self.data, escalate)
                 for user in recipients]
 
 
@@ -138,6 +166,27 @@ class BulkIdsResponse(BaseModel):
 
 class PublishAnswer(RootModel[IdsResponse | BulkIdsResponse]):
     """The ids stored; for an array body, one {"ids": [...]} per element, in order."""
+
+
+class Receipt(BaseModel):
+    delivered_at: str | None  # first written to one of the user's streams
+    read_at: str | None
+
+
+class UserStatus(BaseModel):
+    id: int
+    broadcast: Literal[False]
+    users: dict[str, Receipt]
+
+
+class BroadcastStatus(BaseModel):
+    id: int
+    broadcast: Literal[True]
+    read: int  # users who read it
+
+
+class StatusResponse(RootModel[UserStatus | BroadcastStatus]):
+    """A user's notification: its receipt per target user; a broadcast: how many read it."""
 
 
 class UpdatedResponse(BaseModel):

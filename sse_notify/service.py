@@ -18,13 +18,17 @@ import logging
 from collections.abc import Sequence
 
 from .broker import Broker, open_broker
-from .config import Keyring, Settings
+from .config import Keyring, Settings, load_webhook_secret
 from .follower import Follower
 from .hub import Hub
 from .limits import PublishRate, StreamSlots
 from .models import NotificationDraft, ReadChange, now_ms
+from .escalation import Escalator
 from .presence import Presence
-from .store import BulkPublishResult, PublishResult, SecretKeeper, Store, open_store
+from .receipts import Receipts
+from .webhooks import WebhookSender
+from .store import (BulkPublishResult, EscalationStore, PublishResult, ReceiptStore, SecretKeeper, Store,
+                    WebhookSecretKeeper, open_store)
 from .store.presence import open_presence_store
 from .tokens import TokenSigner
 
@@ -54,6 +58,11 @@ class Service:
         self.slots = StreamSlots(settings.max_user_streams, settings.max_streams)
         self.publish_rate = PublishRate(settings.publish_rate, settings.publish_burst)
         self.published = 0
+        self.receipts: Receipts | None = None
+        if settings.receipts and isinstance(self.store, ReceiptStore):
+            self.receipts = Receipts(self.store)
+            self.hub.on_delivered = self.receipts.delivered
+        self.escalator: Escalator | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -65,6 +74,7 @@ class Service:
                 keyring = await self.store.keyring(create=True)
                 assert keyring is not None
                 self._use_keyring(keyring)
+            webhook_secret = await self._webhook_secret()
             await self.broker.open()
             await self.follower.start()  # its position, now that the broker is subscribed
             await self.presence.start()
@@ -79,6 +89,22 @@ class Service:
             asyncio.create_task(self._prune_periodically(), name="retention"),
             asyncio.create_task(self.presence.run(), name="presence"),
         ]
+        if self.receipts is not None:
+            self._tasks.append(asyncio.create_task(self.receipts.run(), name="receipts"))
+        if self.settings.webhook_url and isinstance(self.store, EscalationStore):
+            sender = WebhookSender(self.settings.webhook_url, webhook_secret, self.settings.webhook_timeout)
+            self.escalator = Escalator(self.store, sender, poll=self.settings.escalation_poll,
+                                       receipts=self.receipts)
+            self._tasks.append(asyncio.create_task(self.escalator.run(), name="escalation"))
+
+    async def _webhook_secret(self) -> str:
+        """The webhook secret, made on the first start (like the signing secret): in the
+        store's database when it keeps one (PostgreSQL), else in the data directory."""
+        if isinstance(self.store, WebhookSecretKeeper):
+            secret = await self.store.webhook_secret(create=True)
+            assert secret is not None
+            return secret
+        return load_webhook_secret(self.settings.data_dir, create=True)
 
     def _use_keyring(self, keyring: Keyring) -> None:
         self.keyring = keyring

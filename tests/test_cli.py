@@ -254,7 +254,7 @@ def test_every_serve_option_names_its_variable_and_default(capsys: pytest.Captur
     helps = _option_help(capsys.readouterr().out)
     settings = {f.name for f in fields(Settings)}
     options = [p for p in cli.serve.params if isinstance(p, click.Option) and p.name != "help"]
-    assert len(options) == 21
+    assert len(options) == 24
     for option in options:
         text = helps[option.opts[0]]
         variable = "SSE_NOTIFY_" + option.name.upper()

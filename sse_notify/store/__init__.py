@@ -10,6 +10,13 @@ A store that several nodes share may also keep the cluster's signing secret
 from the store when it starts, and ``sse-notify token``/``rotate-secret`` read or rotate
 it there (:func:`cluster_keyring`, :func:`rotate_cluster_secret`) instead of in the data
 directory. ``SSE_NOTIFY_SECRET`` still overrides.
+
+Delivery receipts and read times (:class:`ReceiptStore`) are a protocol of their own, so
+the core :class:`Store` stays small; both backends implement it in a helper module. So
+are pending escalations (:class:`EscalationStore`): rows written in the same commit as
+their notification (from ``NotificationDraft.escalate``), claimed when due by one node at
+a time (a claim moves ``next_at`` a lease ahead, so a node that dies mid-send leaves the
+row to be claimed again when the lease ends), deleted when done.
 """
 
 from __future__ import annotations
@@ -22,8 +29,9 @@ from typing import Protocol, runtime_checkable
 from ..config import Keyring, Settings
 from ..models import Notification, NotificationDraft
 
-__all__ = ["Store", "SecretKeeper", "BulkPublishResult", "HistoryPage", "PublishResult", "StoreUnavailable",
-           "StoreConfigError", "open_store", "check_store", "cluster_keyring", "rotate_cluster_secret"]
+__all__ = ["Store", "SecretKeeper", "ReceiptStore", "Status", "EscalationStore", "DueEscalation", "BulkPublishResult", "HistoryPage", "PublishResult", "StoreUnavailable",
+           "StoreConfigError", "open_store", "check_store", "cluster_keyring", "rotate_cluster_secret",
+           "WebhookSecretKeeper", "cluster_webhook_secret"]
 
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 
@@ -102,6 +110,57 @@ class Store(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class Status:
+    """What ``GET /notifications/<id>/status`` answers, as stored (times in epoch ms)."""
+
+    id: int
+    user: str | None  # None: a broadcast
+    delivered_at: int | None  # for a user's notification: first written to a stream
+    read_at: int | None  # for a user's notification: when that user marked it read
+    read_count: int  # for a broadcast: how many users read it
+
+
+@runtime_checkable
+class ReceiptStore(Protocol):
+    """Delivery receipts and read times (``reads`` keeps when each mark was made)."""
+
+    async def record_deliveries(self, rows: Sequence[tuple[str, int, int]]) -> None:
+        """``(user, id, delivered_at)`` rows in one statement; a pair already recorded keeps
+        its first time, and a pair that names no notification of that user is ignored."""
+        ...
+
+    async def status(self, id: int) -> Status | None:
+        """Notification ``id``'s receipts; None when it does not exist (or was pruned)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class DueEscalation:
+    """A claimed escalation and what decides it (read and delivered), read as it is claimed."""
+
+    id: int
+    user: str
+    unless: str  # "read" | "delivered"
+    due_at: int  # epoch ms
+    attempts: int  # this one included
+    notification: Notification | None  # None: gone (retention)
+    read: bool
+    delivered: bool
+
+
+@runtime_checkable
+class EscalationStore(Protocol):
+    async def claim_escalations(self, now: int, lease_ms: int, limit: int) -> list[DueEscalation]:
+        """Up to ``limit`` rows due by ``now``, taken for ``lease_ms`` (no other claim sees
+        them until then), attempts counted."""
+        ...
+
+    async def finish_escalation(self, id: int, user: str) -> None: ...
+    async def retry_escalation(self, id: int, user: str, next_at: int) -> None: ...
+    async def pending_escalations(self) -> int: ...
+
+
 @runtime_checkable
 class SecretKeeper(Protocol):
     """A store that keeps the cluster's signing secret."""
@@ -114,6 +173,13 @@ class SecretKeeper(Protocol):
         """A new signing secret, the current one accepted ``grace`` more seconds; None
         (nothing changed) when there is no secret yet."""
         ...
+
+
+@runtime_checkable
+class WebhookSecretKeeper(Protocol):
+    """A store that keeps the cluster's webhook secret (``whsec_...``)."""
+
+    async def webhook_secret(self, create: bool) -> str | None: ...
 
 
 def open_store(url: str) -> Store:
@@ -157,6 +223,28 @@ def rotate_cluster_secret(settings: Settings, grace: int) -> Keyring | None:
     if settings.secret or not _is_postgres(settings.store_url):
         return None
     return asyncio.run(_with_secret_keeper(settings.store_url, lambda store: store.rotate_secret(grace)))
+
+
+def cluster_webhook_secret(settings: Settings) -> str | None:
+    """The webhook secret the configured store keeps (None: not the store's to keep,
+    SQLite); never makes one: with none yet, :class:`StoreConfigError`."""
+    if not _is_postgres(settings.store_url):
+        return None
+
+    async def read() -> str | None:
+        store = open_store(settings.store_url)
+        assert isinstance(store, WebhookSecretKeeper)
+        await store.open()  # type: ignore[attr-defined]
+        try:
+            return await store.webhook_secret(create=False)
+        except StoreUnavailable as exc:
+            raise StoreConfigError(str(exc)) from None
+        finally:
+            await store.close()  # type: ignore[attr-defined]
+    secret = asyncio.run(read())
+    if secret is None:
+        raise StoreConfigError("the store holds no webhook secret yet: start the server once to create it")
+    return secret
 
 
 async def _with_secret_keeper(url: str, use: Callable[[SecretKeeper], Awaitable[Keyring | None]]) -> Keyring:

@@ -22,6 +22,7 @@ import orjson
 
 from ..models import Notification, now_ms
 from . import BulkPublishResult, PublishResult
+from .pg_escalations import insert_escalations
 from .pg_schema import PRUNE_LOCK
 
 __all__ = ["COLUMNS", "IDEMPOTENCY_WINDOW_MS", "ORDER", "Job", "KeyTaken", "run_jobs", "visible",
@@ -108,13 +109,13 @@ async def run_jobs(conn: asyncpg.Connection, jobs: list[Job],
             results.append(await _prune(conn, *args))
         elif kind == "mark":
             results.append(sorted(r[0] for r in await conn.fetch(
-                "INSERT INTO reads (user_id, id) SELECT $1, id FROM notifications "
+                "INSERT INTO reads (user_id, id, read_at) SELECT $1, id, $3 FROM notifications "
                 "WHERE id = ANY($2::bigint[]) AND (user_id = $1 OR user_id IS NULL) "
-                "ON CONFLICT DO NOTHING RETURNING id", *args)))
+                "ON CONFLICT DO NOTHING RETURNING id", *args, now_ms())))
         elif kind == "mark_all":
             results.append(sorted(r[0] for r in await conn.fetch(
-                f"INSERT INTO reads (user_id, id) SELECT $1, id FROM ({visible()}) v "
-                "ON CONFLICT DO NOTHING RETURNING id", *args)))
+                f"INSERT INTO reads (user_id, id, read_at) SELECT $1, id, $2 FROM ({visible()}) v "
+                "ON CONFLICT DO NOTHING RETURNING id", *args, now_ms())))
         else:  # probe
             results.append(await conn.execute("UPDATE health SET probed_at = $1", now_ms()))
     return xid, results
@@ -147,13 +148,17 @@ async def _adds(conn: asyncpg.Connection, adds: list[tuple[Any, ...]],
                    [None if d.data is None else orjson.dumps(d.data).decode() for d in drafts])
         base, created_at, xid = await conn.fetchrow(_INSERT, len(drafts), now, *columns)
     ids_of: dict[int, list[int]] = {}
+    escalations: list[tuple[int, str, str, int]] = []
     next_id = base + 1
     for index in new:
         batch = [Notification(next_id + i, d.user, d.topic, d.title, d.body, d.priority, d.data,
                               created_at) for i, d in enumerate(adds[index][0])]
+        escalations += [(n.id, n.user, d.escalate.unless, created_at + d.escalate.after * 1000)
+                        for n, d in zip(batch, adds[index][0]) if d.escalate is not None and n.user is not None]
         next_id += len(batch)
         committed.extend(batch)
         ids_of[index] = [n.id for n in batch]
+    await insert_escalations(conn, escalations)  # in this transaction: a 201 implies it is scheduled
     if first_of_key:
         claims = [(p, k, ids_of[i][0] if ids_of[i] else next_id, len(ids_of[i]),
                    "" if adds[i][3] is None else ",".join(map(str, adds[i][3])))
@@ -186,5 +191,7 @@ async def _prune(conn: asyncpg.Connection, older_than_ms: int, limit: int) -> in
         await conn.execute("UPDATE counter SET pruned_through = greatest(pruned_through, $1)", through)
         removed = int((await conn.execute("DELETE FROM notifications WHERE id <= $1", through)).split()[-1])
         await conn.execute("DELETE FROM reads WHERE id <= $1", through)
+        await conn.execute("DELETE FROM receipts WHERE id <= $1", through)
+        await conn.execute("DELETE FROM escalations WHERE id <= $1", through)
     await conn.execute("DELETE FROM idempotency WHERE created_at <= $1", now_ms() - IDEMPOTENCY_WINDOW_MS)
     return removed

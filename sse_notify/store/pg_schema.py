@@ -27,6 +27,8 @@ import asyncpg
 
 from ..config import Keyring
 from . import StoreConfigError, StoreUnavailable
+from .pg_escalations import ESCALATIONS_V3
+from .pg_receipts import RECEIPTS_V2
 
 __all__ = ["connect_pool", "migrate", "load_keyring", "rotate_keyring", "safe_url", "is_unavailable",
            "unavailable", "MIGRATIONS", "UNAVAILABLE_ERRORS"]
@@ -105,7 +107,7 @@ CREATE TABLE presence_last_seen (
     at      bigint NOT NULL             -- epoch ms
 );
 """
-MIGRATIONS = [_SCHEMA_V1, _PRESENCE]
+MIGRATIONS = [_SCHEMA_V1, _PRESENCE, RECEIPTS_V2, ESCALATIONS_V3]
 
 #: Errors that mean "PostgreSQL cannot answer now" (down, restarting, connection killed,
 #: out of disk), as opposed to a statement it refused.

@@ -54,6 +54,8 @@ import asyncpg
 from ..config import Keyring
 from ..models import MAX_ID, Notification, NotificationDraft
 from . import BulkPublishResult, HistoryPage, PublishResult, StoreConfigError, StoreUnavailable
+from .pg_escalations import PostgresEscalations
+from .pg_receipts import PostgresReceipts
 from .pg_batch import COLUMNS, ORDER, Job, KeyTaken, row_to_notification, run_jobs, visible
 from .pg_schema import (UNAVAILABLE_ERRORS, connect_pool, is_unavailable, load_keyring, migrate,
                         rotate_keyring, safe_url, unavailable)
@@ -88,7 +90,7 @@ class _LostCommit(Exception):
         self.xid, self.committed, self.results = xid, committed, results
 
 
-class PostgresStore:
+class PostgresStore(PostgresReceipts, PostgresEscalations):
     def __init__(self, url: str):
         self.url = url
         self.on_commit: Callable[[list[Notification]], None] | None = None

@@ -47,6 +47,8 @@ import orjson
 
 from ..models import Notification, NotificationDraft, now_ms
 from . import BulkPublishResult, HistoryPage, PublishResult, StoreUnavailable
+from .sqlite_escalations import ESCALATIONS_V4, INSERT_ESCALATIONS, SQLiteEscalations
+from .sqlite_receipts import RECEIPTS_V3, SQLiteReceipts
 
 __all__ = ["SQLiteStore"]
 
@@ -96,7 +98,7 @@ _INDEXES_V2 = """
 CREATE INDEX reads_id ON reads (id);
 CREATE INDEX idempotency_created_at ON idempotency (created_at);
 """
-_MIGRATIONS = [_SCHEMA_V1, _INDEXES_V2]
+_MIGRATIONS = [_SCHEMA_V1, _INDEXES_V2, RECEIPTS_V3, ESCALATIONS_V4]
 
 _COLUMNS = "id, user, topic, title, body, priority, data, created_at"
 
@@ -154,6 +156,7 @@ class _Inserts:
     def __init__(self) -> None:
         self.notifications: list[tuple[Any, ...]] = []
         self.keys: list[tuple[str, str, str, int]] = []
+        self.escalations: list[tuple[int, str, str, int, int]] = []
         self.ids_by_key: dict[tuple[str, str], list[Any]] = {}  # as stored: see _repeat()
 
     async def flush(self, db: aiosqlite.Connection) -> None:
@@ -165,9 +168,12 @@ class _Inserts:
             await db.executemany("INSERT OR REPLACE INTO idempotency (publisher, key, ids, created_at) "
                                  "VALUES (?,?,?,?)", self.keys)
             self.keys = []
+        if self.escalations:  # in the notifications' transaction: a 201 implies it is scheduled
+            await db.executemany(INSERT_ESCALATIONS, self.escalations)
+            self.escalations = []
 
 
-class SQLiteStore:
+class SQLiteStore(SQLiteReceipts, SQLiteEscalations):
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.on_commit: Callable[[list[Notification]], None] | None = None
@@ -357,6 +363,8 @@ class SQLiteStore:
                     results.append(await self._do_mark_all(db, *args))
                 elif kind == "prune":
                     results.append(await self._do_prune(db, *args))
+                elif kind == "run":  # a helper module's write (receipts): fn(db)
+                    results.append(await args[0](db))
                 else:  # probe
                     results.append(await db.execute(
                         "INSERT OR REPLACE INTO meta (key, value) VALUES ('probed_at', ?)", (now_ms(),)))
@@ -398,6 +406,9 @@ class SQLiteStore:
                 (n.id, n.user, n.topic, n.title, n.body, n.priority,
                  None if n.data is None else orjson.dumps(n.data).decode(), n.created_at)
                 for n in batch]
+            inserts.escalations += [(n.id, n.user, d.escalate.unless, now + d.escalate.after * 1000,
+                                     now + d.escalate.after * 1000)
+                                    for n, d in zip(batch, drafts) if d.escalate is not None and n.user is not None]
             committed.extend(batch)
             results.append([n.id for n in batch])
         self._last_created = now
@@ -414,17 +425,17 @@ class SQLiteStore:
             chunk = ids[start:start + 500]
             marks = ",".join("?" * len(chunk))
             changed.extend(row[0] for row in await db.execute_fetchall(
-                f"INSERT OR IGNORE INTO reads (user, id) SELECT ?, id FROM notifications "
+                f"INSERT OR IGNORE INTO reads (user, id, read_at) SELECT ?, id, ? FROM notifications "
                 f"WHERE id IN ({marks}) AND (user = ? OR user IS NULL) RETURNING id",
-                (user, *chunk, user)))
+                (user, now_ms(), *chunk, user)))
         return sorted(changed)
 
     @staticmethod
     async def _do_mark_all(db: aiosqlite.Connection, user: str) -> list[int]:
         return sorted(row[0] for row in await db.execute_fetchall(
-            "INSERT OR IGNORE INTO reads (user, id) SELECT :user, id FROM ("
+            "INSERT OR IGNORE INTO reads (user, id, read_at) SELECT :user, id, :now FROM ("
             + _visible() + ") RETURNING id",
-            {"user": user}))
+            {"user": user, "now": now_ms()}))
 
     async def _do_prune(self, db: aiosqlite.Connection, older_than_ms: int, limit: int) -> int:
         # Ids follow creation time, so the oldest ``limit`` rows are the lowest ids.
@@ -436,6 +447,8 @@ class SQLiteStore:
             async with db.execute("DELETE FROM notifications WHERE id <= ?", (through,)) as cursor:
                 removed = cursor.rowcount
             await db.execute("DELETE FROM reads WHERE id <= ?", (through,))
+            await db.execute("DELETE FROM receipts WHERE id <= ?", (through,))
+            await db.execute("DELETE FROM escalations WHERE id <= ?", (through,))
             self._pruned_through = max(self._pruned_through, through)
             await db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('pruned_through', ?)",
                              (self._pruned_through,))

@@ -101,17 +101,28 @@ class PublishEndpoint:
         if type(data) is list:
             return await self._publish_bulk(data, publisher, key)
         body = parse(PublishBody, data)
+        self._check_escalate([body])
         result = await self.service.publish(body.drafts(), publisher, key)
         return (201 if result.created else 200), {"ids": result.ids}
 
     async def _publish_bulk(self, data: list[Any], publisher: str,
                             key: str | None) -> tuple[int, dict[str, Any]]:
         bodies = parse_bulk(data)
+        self._check_escalate(bodies, bulk=True)
         rate = self.service.publish_rate
         rate.refund(publisher)  # the one spent before the body was read: now all at once
         rate.spend(publisher, len(bodies))
         result = await self.service.publish_many([b.drafts() for b in bodies], publisher, key)
         return (201 if result.created else 200), {"results": [{"ids": ids} for ids in result.results]}
+
+    def _check_escalate(self, bodies: list[PublishBody], bulk: bool = False) -> None:
+        """``escalate`` needs somewhere to send the webhook."""
+        if self.service.settings.webhook_url:
+            return
+        for index, body in enumerate(bodies):
+            if body.escalate is not None:
+                where = f"[{index}].escalate" if bulk else "escalate"
+                raise ApiError.invalid(f"{where}: this server has no webhook URL (serve --webhook-url).")
 
     def _publisher(self, headers: dict[str, str]) -> str:
         authorization = headers.get("authorization")

@@ -1,0 +1,67 @@
+"""The SQLite store's delivery receipts and notification status (:class:`ReceiptStore`),
+kept beside ``sqlite.py`` as a mixin of :class:`~sse_notify.store.sqlite.SQLiteStore`.
+
+Receipts are written through the store's single writer (a ``run`` job, so in a batch with
+whatever else is queued), one ``executemany`` per flush; ``INSERT OR IGNORE`` keeps the
+first delivery time. A row is inserted only while its notification exists and is that
+user's, so a receipt noted just before retention removed its notification is not left
+behind (retention deletes ``receipts`` by id range with the notifications).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import aiosqlite
+
+from . import Status
+
+__all__ = ["SQLiteReceipts", "RECEIPTS_V3"]
+
+# v3: receipts, and when each read mark was made. Marks made before this migration get
+# the migration's time: they happened at the latest then.
+RECEIPTS_V3 = """
+CREATE TABLE receipts (
+    user         TEXT NOT NULL,
+    id           INTEGER NOT NULL,
+    delivered_at INTEGER NOT NULL,   -- epoch ms
+    PRIMARY KEY (user, id)
+) WITHOUT ROWID;
+CREATE INDEX receipts_id ON receipts (id);
+ALTER TABLE reads ADD COLUMN read_at INTEGER;
+UPDATE reads SET read_at = CAST(strftime('%s', 'now') AS INTEGER) * 1000;
+"""
+
+_RECORD = ("INSERT OR IGNORE INTO receipts (user, id, delivered_at) SELECT ?, ?, ? "
+           "WHERE EXISTS (SELECT 1 FROM notifications WHERE id = ? AND user = ?)")
+_STATUS = """
+SELECT n.user,
+       (SELECT delivered_at FROM receipts r WHERE r.user = n.user AND r.id = n.id),
+       (SELECT read_at FROM reads d WHERE d.user = n.user AND d.id = n.id),
+       CASE WHEN n.user IS NULL THEN (SELECT count(*) FROM reads d WHERE d.id = n.id) ELSE 0 END
+FROM notifications n WHERE n.id = ?
+"""
+
+
+async def _record(rows: Sequence[tuple[str, int, int]], db: aiosqlite.Connection) -> None:
+    await db.executemany(_RECORD, [(user, id, at, id, user) for user, id, at in rows])
+
+
+class SQLiteReceipts:
+    """Mixed into the SQLite store: uses its writer queue (``_submit``) and reader (``_read``)."""
+
+    _submit: Any
+    _read: Any
+
+    async def record_deliveries(self, rows: Sequence[tuple[str, int, int]]) -> None:
+        if rows:
+            await self._submit("run", partial(_record, list(rows)))
+
+    async def status(self, id: int) -> Status | None:
+        rows = await self._read(_STATUS, (id,))
+        if not rows:
+            return None
+        user, delivered_at, read_at, read_count = rows[0]
+        return Status(id, user, delivered_at, read_at, read_count)
