@@ -15,10 +15,12 @@ from typing import Any
 
 import httpx
 import pytest
+from websockets.asyncio.client import connect
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
 from sse_notify.transports import direct
+from sse_notify.wire import ws_text_frame
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -37,6 +39,8 @@ class App:
                     await send({"type": "lifespan.startup.complete"})
             await send({"type": "lifespan.shutdown.complete"})
             return
+        if scope["type"] == "websocket":
+            return await self.websocket(scope, receive, send)
         writer = direct.body_writer(scope, send)
         self.writers.append(writer)
         await send({"type": "http.response.start", "status": 200,
@@ -51,6 +55,21 @@ class App:
         await send({"type": "http.response.body", "body": b"asgi-2", "more_body": False})
         if writer is not None:
             self.results.append(writer(b"after the end"))
+
+
+    async def websocket(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()  # websocket.connect
+        writer = direct.frame_writer(scope, send)
+        self.writers.append(writer)
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.send", "text": "asgi-1"})
+        frames = ws_text_frame(b"direct-1") + ws_text_frame("direct-\u00e9".encode() * 20)
+        self.results.append(writer is not None and writer(frames))
+        if not self.results[-1]:
+            for text in ("direct-1", "direct-\u00e9" * 20):
+                await send({"type": "websocket.send", "text": text})
+        await send({"type": "websocket.send", "text": "asgi-2"})
+        await receive()  # the client's close
 
 
 @pytest.fixture
@@ -128,3 +147,38 @@ def test_tls_and_websocket_scopes_are_refused_up_front() -> None:
     assert direct.body_writer({"type": "http", "scheme": "https", "http_version": "1.1"}, send) is None
     assert direct.body_writer({"type": "websocket", "scheme": "ws", "http_version": "1.1"}, send) is None
     assert direct.body_writer({"type": "http", "scheme": "http", "http_version": "1.1"}, send) is None
+
+
+async def ws_messages(port: int, compression: str | None) -> tuple[list[str], str | None]:
+    async with connect(f"ws://127.0.0.1:{port}/", compression=compression) as ws:
+        got = [await ws.recv() for _ in range(4)]
+        return got, ws.response.headers.get("sec-websocket-extensions")  # type: ignore[union-attr]
+
+
+async def test_websocket_frames_are_written_directly(server: tuple[App, int]) -> None:
+    app, port = server
+    got, extensions = await ws_messages(port, None)
+    assert got == ["asgi-1", "direct-1", "direct-\u00e9" * 20, "asgi-2"]
+    assert app.writers[0] is not None and app.results == [True]
+
+
+async def test_permessage_deflate_is_declined_and_frames_still_go_directly(server: tuple[App, int]) -> None:
+    app, port = server
+    assert direct.refuse_permessage_deflate()
+    got, extensions = await ws_messages(port, "deflate")  # the client offers it
+    assert extensions is None
+    assert got == ["asgi-1", "direct-1", "direct-\u00e9" * 20, "asgi-2"]
+    assert app.results == [True]
+
+
+async def test_a_compressed_websocket_falls_back_to_asgi(server: tuple[App, int],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from hypercorn.protocol import ws_stream
+    from wsproto.extensions import PerMessageDeflate
+
+    app, port = server
+    monkeypatch.setattr(ws_stream, "PerMessageDeflate", PerMessageDeflate)
+    got, extensions = await ws_messages(port, "deflate")
+    assert extensions is not None and extensions.startswith("permessage-deflate")
+    assert got == ["asgi-1", "direct-1", "direct-\u00e9" * 20, "asgi-2"]
+    assert app.results == [False]  # the writer refused: the frames would need compressing

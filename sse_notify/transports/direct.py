@@ -10,14 +10,21 @@ and hands it straight to the connection's transport -- and answers False, writin
 nothing, whenever it cannot do so now (the socket is not keeping up, another send is in
 progress, the response has ended); the caller then uses ASGI ``send``, which waits.
 
+:func:`frame_writer` does the same for a WebSocket: whole server text frames, framed once
+per notification (:func:`~sse_notify.wire.ws_text_frame`) and written several at a time,
+where ASGI sends one message per ``send``; refused while a compression extension is in
+use. :func:`refuse_permessage_deflate` makes Hypercorn decline ``permessage-deflate``,
+which it accepts whenever a client offers it and has no setting for.
+
 It is shaped as an ASGI extension that a server could offer itself (say
 ``scope["extensions"]["http.response.direct_body"] = {}`` with the writer passed the same
 way): an optional, synchronous, non-blocking body write that may refuse. Until a server
 does, :func:`body_writer` finds the pieces itself, and only where every assumption holds:
 
 * Hypercorn's asyncio worker, in one of :data:`TESTED` (``hypercorn`` and ``h11``
-  versions), the ASGI ``send`` being ``HTTPStream.app_send`` of an ``H11Protocol``
-  (so not HTTP/2, not a WebSocket), over plain TCP (no TLS: a ``https`` scope);
+  versions; wsproto as Hypercorn 0.18 requires it), the ASGI ``send`` being
+  ``HTTPStream.app_send`` (``WSStream.app_send``) of an ``H11Protocol`` (so not
+  HTTP/2), over plain TCP (no TLS: an ``https``/``wss`` scope);
 * at write time: the response started, h11 in ``SEND_BODY`` with its chunked writer, the
   connection's send lock free, the transport open and its buffer below
   :data:`HIGH_WATER` (not paused).
@@ -32,7 +39,8 @@ from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-__all__ = ["BodyWriter", "body_writer", "supported", "TESTED", "HIGH_WATER"]
+__all__ = ["BodyWriter", "body_writer", "frame_writer", "refuse_permessage_deflate", "supported",
+           "TESTED", "HIGH_WATER"]
 
 #: (hypercorn, h11) release series this module was tested with.
 TESTED = {("0.18", "0.16")}
@@ -60,17 +68,27 @@ def supported() -> bool:
     return _supported
 
 
+def _tcp_server(protocol_send: Any) -> Any:
+    """The asyncio ``TCPServer`` behind an ``H11Protocol``'s send, or None (TLS, another
+    worker)."""
+    from hypercorn.asyncio.tcp_server import TCPServer
+
+    server = getattr(protocol_send, "__self__", None)
+    if type(server) is not TCPServer or server.writer.get_extra_info("ssl_object") is not None:
+        return None
+    return server
+
+
 def body_writer(scope: dict[str, Any], send: Callable[..., Any]) -> BodyWriter | None:
     """A direct writer of body chunks for this response, or None where plain ASGI must be
     used. Call it after ``http.response.start`` was sent; it answers whether it wrote."""
-    if scope.get("type") != "http" or scope.get("scheme") != "http" or scope.get("http_version") not in ("1.1",):
+    if scope.get("type") != "http" or scope.get("scheme") != "http" or scope.get("http_version") != "1.1":
         return None
     if not supported():
         return None
     try:
         import h11
         from h11._writers import ChunkedWriter
-        from hypercorn.asyncio.tcp_server import TCPServer
         from hypercorn.protocol.h11 import H11Protocol
         from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
 
@@ -80,15 +98,12 @@ def body_writer(scope: dict[str, Any], send: Callable[..., Any]) -> BodyWriter |
         protocol = stream.send.__self__
         if type(protocol) is not H11Protocol:
             return None
-        server = protocol.send.__self__
-        if type(server) is not TCPServer:
-            return None
-        if server.writer.get_extra_info("ssl_object") is not None:
+        server = _tcp_server(protocol.send)
+        if server is None:
             return None
         transport = server.writer.transport
         lock = server.send_lock
         connection = protocol.connection
-        chunked = ChunkedWriter
         send_body = h11.SEND_BODY
         response = ASGIHTTPState.RESPONSE
     except (AttributeError, ImportError):
@@ -103,10 +118,89 @@ def body_writer(scope: dict[str, Any], send: Callable[..., Any]) -> BodyWriter |
     def direct(body: bytes) -> bool:
         if (stream.state is not response or stream.closed or lock.locked() or closing()
                 or buffered() > HIGH_WATER or protocol.connection is not connection
-                or connection.our_state is not send_body or type(connection._writer) is not chunked):
+                or connection.our_state is not send_body or type(connection._writer) is not ChunkedWriter):
             return False
         if body:
             write(b"%x\r\n%b\r\n" % (len(body), body))
         return True
 
     return direct
+
+
+def frame_writer(scope: dict[str, Any], send: Callable[..., Any]) -> BodyWriter | None:
+    """For a WebSocket over HTTP/1.1: a direct writer of whole, already-framed server
+    frames (:func:`~sse_notify.wire.ws_text_frame`), or None. Call it after the accept; it
+    refuses while a compression extension is in use (the frames would need it), and on
+    the same conditions as :func:`body_writer`."""
+    if scope.get("type") != "websocket" or scope.get("scheme") != "ws" or scope.get("http_version") != "1.1":
+        return None
+    if not supported():
+        return None
+    try:
+        from hypercorn.protocol.h11 import H11Protocol
+        from hypercorn.protocol.ws_stream import ASGIWebsocketState, WSStream
+        from wsproto.connection import Connection, ConnectionState
+
+        stream = getattr(send, "__self__", None)
+        if type(stream) is not WSStream or getattr(send, "__func__", None) is not WSStream.app_send:
+            return None
+        protocol = stream.send.__self__
+        if type(protocol) is not H11Protocol:
+            return None
+        server = _tcp_server(protocol.send)
+        if server is None:
+            return None
+        transport = server.writer.transport
+        lock = server.send_lock
+        connected = ASGIWebsocketState.CONNECTED
+        open_ = ConnectionState.OPEN
+    except (AttributeError, ImportError):
+        return None
+
+    write = transport.write
+    buffered = transport.get_write_buffer_size
+    closing = transport.is_closing
+
+    def direct(frames: bytes) -> bool:
+        connection = getattr(stream, "connection", None)
+        if (stream.state is not connected or stream.closed or type(connection) is not Connection
+                or connection._state is not open_ or connection._proto.extensions
+                or connection._proto._outbound_opcode is not None
+                or lock.locked() or closing() or buffered() > HIGH_WATER):
+            return False
+        if frames:
+            write(frames)
+        return True
+
+    return direct
+
+
+class _NoDeflate:
+    """Stands in for wsproto's ``PerMessageDeflate`` in Hypercorn's handshake: named like
+    it, so an offer of it is matched, and declining it."""
+
+    name = "permessage-deflate"
+
+    def accept(self, offer: str) -> None:
+        return None
+
+    def enabled(self) -> bool:
+        return False
+
+
+def refuse_permessage_deflate() -> bool:
+    """Make Hypercorn decline ``permessage-deflate`` (it accepts it whenever a client
+    offers it, with no setting to turn it off): a compressed WebSocket keeps a zlib
+    context each way, 22 KiB -> 113 KiB per connection after its first compressed
+    message, and its frames cannot be shared between streams. Returns whether it did
+    (only for the tested versions)."""
+    if not supported():
+        return False
+    try:
+        from hypercorn.protocol import ws_stream
+    except ImportError:
+        return False
+    if getattr(ws_stream, "PerMessageDeflate", None) is None:
+        return False
+    ws_stream.PerMessageDeflate = _NoDeflate  # type: ignore[attr-defined,assignment]
+    return True
