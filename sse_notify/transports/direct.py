@@ -52,6 +52,17 @@ BodyWriter = Callable[[bytes], bool]
 
 _supported: bool | None = None
 
+try:  # what the writers compare with (absent: nothing is supported)
+    from h11 import SEND_BODY as _SEND_BODY
+    from h11._writers import ChunkedWriter as _Chunked
+    from hypercorn.protocol.http_stream import ASGIHTTPState
+    from hypercorn.protocol.ws_stream import ASGIWebsocketState
+    from wsproto.connection import Connection as _WSConnection, ConnectionState
+
+    _RESPONSE, _CONNECTED, _OPEN = ASGIHTTPState.RESPONSE, ASGIWebsocketState.CONNECTED, ConnectionState.OPEN
+except ImportError:  # pragma: no cover
+    _supported = False
+
 
 def _series(package: str) -> str:
     try:
@@ -88,9 +99,8 @@ def body_writer(scope: dict[str, Any], send: Callable[..., Any]) -> BodyWriter |
         return None
     try:
         import h11
-        from h11._writers import ChunkedWriter
         from hypercorn.protocol.h11 import H11Protocol
-        from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
+        from hypercorn.protocol.http_stream import HTTPStream
 
         stream = getattr(send, "__self__", None)
         if type(stream) is not HTTPStream or getattr(send, "__func__", None) is not HTTPStream.app_send:
@@ -104,27 +114,12 @@ def body_writer(scope: dict[str, Any], send: Callable[..., Any]) -> BodyWriter |
         transport = server.writer.transport
         lock = server.send_lock
         connection = protocol.connection
-        send_body = h11.SEND_BODY
-        response = ASGIHTTPState.RESPONSE
     except (AttributeError, ImportError):
         return None
     if type(connection) is not h11.Connection:
         return None
 
-    write = transport.write
-    buffered = transport.get_write_buffer_size
-    closing = transport.is_closing
-
-    def direct(body: bytes) -> bool:
-        if (stream.state is not response or stream.closed or lock.locked() or closing()
-                or buffered() > HIGH_WATER or protocol.connection is not connection
-                or connection.our_state is not send_body or type(connection._writer) is not ChunkedWriter):
-            return False
-        if body:
-            write(b"%x\r\n%b\r\n" % (len(body), body))
-        return True
-
-    return direct
+    return _DirectBody(stream, protocol, connection, lock, transport)
 
 
 def frame_writer(scope: dict[str, Any], send: Callable[..., Any]) -> BodyWriter | None:
@@ -138,8 +133,7 @@ def frame_writer(scope: dict[str, Any], send: Callable[..., Any]) -> BodyWriter 
         return None
     try:
         from hypercorn.protocol.h11 import H11Protocol
-        from hypercorn.protocol.ws_stream import ASGIWebsocketState, WSStream
-        from wsproto.connection import Connection, ConnectionState
+        from hypercorn.protocol.ws_stream import WSStream
 
         stream = getattr(send, "__self__", None)
         if type(stream) is not WSStream or getattr(send, "__func__", None) is not WSStream.app_send:
@@ -152,27 +146,53 @@ def frame_writer(scope: dict[str, Any], send: Callable[..., Any]) -> BodyWriter 
             return None
         transport = server.writer.transport
         lock = server.send_lock
-        connected = ASGIWebsocketState.CONNECTED
-        open_ = ConnectionState.OPEN
     except (AttributeError, ImportError):
         return None
 
-    write = transport.write
-    buffered = transport.get_write_buffer_size
-    closing = transport.is_closing
+    return _DirectFrames(stream, lock, transport)
 
-    def direct(frames: bytes) -> bool:
-        connection = getattr(stream, "connection", None)
-        if (stream.state is not connected or stream.closed or type(connection) is not Connection
-                or connection._state is not open_ or connection._proto.extensions
-                or connection._proto._outbound_opcode is not None
-                or lock.locked() or closing() or buffered() > HIGH_WATER):
+
+class _DirectBody:
+    """:func:`body_writer`'s answer: one small object per stream (no closure cells)."""
+
+    __slots__ = ("stream", "protocol", "connection", "lock", "transport")
+
+    def __init__(self, stream: Any, protocol: Any, connection: Any, lock: Any, transport: Any):
+        self.stream, self.protocol, self.connection = stream, protocol, connection
+        self.lock, self.transport = lock, transport
+
+    def __call__(self, body: bytes) -> bool:
+        stream, connection, transport = self.stream, self.connection, self.transport
+        if (stream.state is not _RESPONSE or stream.closed or self.lock.locked()
+                or transport.is_closing() or transport.get_write_buffer_size() > HIGH_WATER
+                or self.protocol.connection is not connection
+                or connection.our_state is not _SEND_BODY or type(connection._writer) is not _Chunked):
             return False
-        if frames:
-            write(frames)
+        if body:
+            transport.write(b"%x\r\n%b\r\n" % (len(body), body))
         return True
 
-    return direct
+
+class _DirectFrames:
+    """:func:`frame_writer`'s answer."""
+
+    __slots__ = ("stream", "lock", "transport")
+
+    def __init__(self, stream: Any, lock: Any, transport: Any):
+        self.stream, self.lock, self.transport = stream, lock, transport
+
+    def __call__(self, frames: bytes) -> bool:
+        stream, transport = self.stream, self.transport
+        connection = getattr(stream, "connection", None)
+        if (stream.state is not _CONNECTED or stream.closed or type(connection) is not _WSConnection
+                or connection._state is not _OPEN or connection._proto.extensions
+                or connection._proto._outbound_opcode is not None
+                or self.lock.locked() or transport.is_closing()
+                or transport.get_write_buffer_size() > HIGH_WATER):
+            return False
+        if frames:
+            transport.write(frames)
+        return True
 
 
 class _NoDeflate:
