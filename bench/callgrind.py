@@ -2,12 +2,14 @@
 shared machine (``bench/PROFILE.md``).
 
     .venv/bin/python -m bench.callgrind [--transport sse|ws] [--streams 200] [--broadcasts 20]
+    .venv/bin/python -m bench.callgrind --workload open [--streams 200]
 
 Starts ``sse-notify serve`` under ``valgrind --tool=callgrind --instr-atstart=no``, opens
 the streams (each waits for its ``hello``), switches collection on, publishes the
 broadcasts one after another (each waits until every stream has it), switches it off and
 prints the instructions per delivery (publishing included, spread over the deliveries)
-and the callgrind output file for ``callgrind_annotate``.
+and the callgrind output file for ``callgrind_annotate``. With ``--workload open`` it
+counts the opening of the streams instead (16 at a time, each up to its ``hello``).
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ def _instructions(out: Path) -> int:
     raise RuntimeError(f"no totals in {out}")
 
 
-async def measure(transport: str, streams: int, broadcasts: int, out: Path) -> dict[str, float]:
+async def measure(transport: str, streams: int, broadcasts: int, out: Path,
+                  workload: str = "broadcast") -> dict[str, float]:
     secret = secrets.token_urlsafe(32)
     signer = TokenSigner(secret)
     with tempfile.TemporaryDirectory(prefix="sse-notify-callgrind-") as data:
@@ -60,21 +63,32 @@ async def measure(transport: str, streams: int, broadcasts: int, out: Path) -> d
         try:
             users = [f"cg{i}" for i in range(streams)]
             sink = Sink()
-            opened = await open_streams(transport, server.port, users,
-                                        [signer.subscriber(u, ttl=3600) for u in users], sink,
+            tokens = [signer.subscriber(u, ttl=3600) for u in users]
+            warm = await open_streams(transport, server.port, ["warm"], tokens[:1], sink, until="hello")
+            if workload == "open":
+                _control(server.pid, "-z")
+                _control(server.pid, "-i", "on")
+            opened = await open_streams(transport, server.port, users, tokens, sink,
                                         concurrency=16, timeout=600, until="hello")
+            if workload == "open":
+                _control(server.pid, "-i", "off")
+                _control(server.pid, "-d")
+                broadcasts = 0
+            opened += warm
             pub = await Publisher(server.port, signer.publisher("cg"), connections=1).open()
             body = b'{"broadcast":true,"title":"bench","data":{"ts":%.6f}}'
-            await pub.post(body % time.time())  # warm: first-use costs are not counted
-            await _wait(sink, streams, 120)
-            _control(server.pid, "-z")
-            _control(server.pid, "-i", "on")
-            for i in range(broadcasts):
-                status, _ = await pub.post(body % time.time())
-                assert status == 201, status
-                await _wait(sink, streams * (i + 2), 120)
-            _control(server.pid, "-i", "off")
-            _control(server.pid, "-d")
+            if workload == "broadcast":
+                n = streams + 1
+                await pub.post(body % time.time())  # warm: first-use costs are not counted
+                await _wait(sink, n, 120)
+                _control(server.pid, "-z")
+                _control(server.pid, "-i", "on")
+                for i in range(broadcasts):
+                    status, _ = await pub.post(body % time.time())
+                    assert status == 201, status
+                    await _wait(sink, n * (i + 2), 120)
+                _control(server.pid, "-i", "off")
+                _control(server.pid, "-d")
             await pub.close()
             for s in opened:
                 s.close()
@@ -82,8 +96,8 @@ async def measure(transport: str, streams: int, broadcasts: int, out: Path) -> d
             server.stop(timeout=60)
     dumps = sorted(out.parent.glob(out.name + "*"), key=lambda p: p.stat().st_mtime)
     total = sum(_instructions(p) for p in dumps if re.search(r"\.\d+$", p.name)) or _instructions(dumps[-1])
-    deliveries = streams * broadcasts
-    return {"instructions": total, "deliveries": deliveries, "per_delivery": total / deliveries}
+    count = streams * broadcasts if workload == "broadcast" else streams
+    return {"instructions": total, "count": count, "per_op": total / count}
 
 
 async def _wait(sink: Sink, want: int, timeout: float) -> None:
@@ -99,16 +113,20 @@ def main() -> int:
     p.add_argument("--transport", choices=("sse", "ws"), default="sse")
     p.add_argument("--streams", type=int, default=200)
     p.add_argument("--broadcasts", type=int, default=20)
+    p.add_argument("--workload", choices=("broadcast", "open"), default="broadcast",
+                   help="count the broadcasts' deliveries, or the opening of the streams (up to hello)")
     p.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "sse-notify.callgrind")
     args = p.parse_args()
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise SystemExit("needs valgrind (callgrind, callgrind_control)")
     for old in args.out.parent.glob(args.out.name + "*"):
         old.unlink()
-    r = asyncio.run(measure(args.transport, args.streams, args.broadcasts, args.out))
-    print(f"{args.transport}: {args.streams} streams x {args.broadcasts} broadcasts = {r['deliveries']:,} "
-          f"deliveries: {r['instructions']:,} instructions, {r['per_delivery'] / 1000:,.1f} k per delivery "
-          f"(callgrind output: {args.out}*)")
+    r = asyncio.run(measure(args.transport, args.streams, args.broadcasts, args.out, args.workload))
+    what = (f"{args.streams} streams x {args.broadcasts} broadcasts = {r['count']:,} deliveries"
+            if args.workload == "broadcast" else f"{r['count']:,} streams opened (to hello)")
+    unit = "delivery" if args.workload == "broadcast" else "stream opened"
+    print(f"{args.transport}: {what}: {r['instructions']:,} instructions, {r['per_op'] / 1000:,.1f} k per "
+          f"{unit} (callgrind output: {args.out}*)")
     return 0
 
 

@@ -30,6 +30,7 @@ async def storm(port: int, users: list[str], tokens: list[str],
     streams: list[SSEStream] = []
     started_at: list[float] = []
     refused: dict[str, int] = {}
+    samples: list[str] = []
     t0 = time.monotonic()
 
     async def one(user: str, token: str) -> None:
@@ -44,6 +45,8 @@ async def storm(port: int, users: list[str], tokens: list[str],
             await asyncio.wait_for(asyncio.shield(proto.started), max(0.0, t0 + timeout - time.monotonic()))
         except (ConnectionError, OSError) as exc:
             refused[type(exc).__name__] = refused.get(type(exc).__name__, 0) + 1
+            if len(samples) < 3:
+                samples.append(str(exc)[:300])
         except TimeoutError:
             refused["timeout"] = refused.get("timeout", 0) + 1
         else:
@@ -58,7 +61,7 @@ async def storm(port: int, users: list[str], tokens: list[str],
     last = max(started_at, default=0.0)
     pct = percentiles(started_at)
     return {"streams": len(users), "opened": opened, "refused": sum(refused.values()),
-            "refused_by": refused, "seconds": round(last, 3),
+            "refused_by": refused, "refused_samples": samples, "seconds": round(last, 3),
             "opened_per_s": round(opened / last) if last else 0,
             "start_ms": {k: round(v * 1000, 1) for k, v in pct.items()}}
 
@@ -78,7 +81,8 @@ async def s7_storm(ctx: Any) -> dict[str, Any]:
     result["warm_opened"] = warm["opened"]
     p = result["start_ms"]
     ctx.log(f"  S7 {n:,} at once: {result['opened']:,} opened in {result['seconds']:.2f} s, "
-            f"refused {result['refused']} {result['refused_by'] or ''}; response start p50 "
+            f"refused {result['refused']} {result['refused_by'] or ''} {result['refused_samples'] or ''}; "
+            f"response start p50 "
             f"{p.get('p50')} ms p99 {p.get('p99')} ms max {p.get('max')} ms; server CPU "
             f"{result['server_cpu_s']} s ({result['server_cpu_ms_per_stream']} ms per stream, "
             f"opening and closing)")
