@@ -53,7 +53,11 @@ BodyWriter = Callable[[bytes], bool]
 _supported: bool | None = None
 
 try:  # what the writers compare with (absent: nothing is supported)
-    from h11 import SEND_BODY as _SEND_BODY
+    from h11 import Connection as _H11Connection, SEND_BODY as _SEND_BODY
+    from hypercorn.asyncio.tcp_server import TCPServer
+    from hypercorn.protocol.h11 import H11Protocol
+    from hypercorn.protocol.http_stream import HTTPStream
+    from hypercorn.protocol.ws_stream import WSStream
     from h11._writers import ChunkedWriter as _Chunked
     from hypercorn.protocol.http_stream import ASGIHTTPState
     from hypercorn.protocol.ws_stream import ASGIWebsocketState
@@ -82,8 +86,6 @@ def supported() -> bool:
 def _tcp_server(protocol_send: Any) -> Any:
     """The asyncio ``TCPServer`` behind an ``H11Protocol``'s send, or None (TLS, another
     worker)."""
-    from hypercorn.asyncio.tcp_server import TCPServer
-
     server = getattr(protocol_send, "__self__", None)
     if type(server) is not TCPServer or server.writer.get_extra_info("ssl_object") is not None:
         return None
@@ -98,10 +100,6 @@ def body_writer(scope: dict[str, Any], send: Callable[..., Any]) -> BodyWriter |
     if not supported():
         return None
     try:
-        import h11
-        from hypercorn.protocol.h11 import H11Protocol
-        from hypercorn.protocol.http_stream import HTTPStream
-
         stream = getattr(send, "__self__", None)
         if type(stream) is not HTTPStream or getattr(send, "__func__", None) is not HTTPStream.app_send:
             return None
@@ -114,9 +112,9 @@ def body_writer(scope: dict[str, Any], send: Callable[..., Any]) -> BodyWriter |
         transport = server.writer.transport
         lock = server.send_lock
         connection = protocol.connection
-    except (AttributeError, ImportError):
+    except AttributeError:
         return None
-    if type(connection) is not h11.Connection:
+    if type(connection) is not _H11Connection:
         return None
 
     return _DirectBody(stream, protocol, connection, lock, transport)
@@ -132,9 +130,6 @@ def frame_writer(scope: dict[str, Any], send: Callable[..., Any]) -> BodyWriter 
     if not supported():
         return None
     try:
-        from hypercorn.protocol.h11 import H11Protocol
-        from hypercorn.protocol.ws_stream import WSStream
-
         stream = getattr(send, "__self__", None)
         if type(stream) is not WSStream or getattr(send, "__func__", None) is not WSStream.app_send:
             return None
