@@ -324,6 +324,10 @@ def _run(coro: object) -> None:
         uvloop.run(coro)  # type: ignore[arg-type]
 
 
+#: Asked of listen(2); the kernel caps it at net.core.somaxconn.
+LISTEN_BACKLOG = 65535
+
+
 async def _serve(settings: Settings) -> None:
     from hypercorn.asyncio import serve as hypercorn_serve
     from hypercorn.config import Config
@@ -356,6 +360,10 @@ async def _serve(settings: Settings) -> None:
     # Hypercorn releases an idle connection the client has closed only when this timer
     # fires, not at EOF: its descriptor is held until then, so keep it short.
     config.keep_alive_timeout = 5
+    # Hypercorn's default listen backlog is 100: in a reconnect storm (thousands of clients
+    # at once after a restart) the kernel then drops SYNs and clients time out. The kernel
+    # caps this at net.core.somaxconn (4096 on current Linux).
+    config.backlog = LISTEN_BACKLOG
     if settings.certfile is not None:
         config.certfile = str(settings.certfile)
         config.keyfile = str(settings.keyfile)

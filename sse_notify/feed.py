@@ -6,7 +6,9 @@ The order that gives no gap and no duplicate while publishes race with a reconne
 2. read the user's state (newest id, unread), let the transport start its response (the
    SSE headers and ``retry:``, the WebSocket accept), then send ``hello``;
 3. replay from storage everything after the cursor, page by page, until a short page;
-4. then release the buffered live events, skipping any id already sent.
+4. then release the buffered live events, skipping any id already sent; from then on the
+   hub may push new events itself (:meth:`~sse_notify.hub.Stream.go_live`), never before:
+   the replay's pages are written by the stream's task, in order, before the push starts.
 
 Every notification is either committed before step 3's last query (so storage has it) or
 dispatched after step 1 (so the buffer has it): the union is complete, and skipping ids
@@ -28,7 +30,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 
-from .hub import Hub, Stream
+from .hub import Hub, Push, Stream
 from .store import Store
 from .wire import KEEPALIVE, Outbound, hello, token_expiring
 
@@ -60,12 +62,12 @@ def parse_topics(value: str | None) -> frozenset[str] | None:
 
 class Feed:
     __slots__ = ("hub", "store", "user", "transport", "topics", "cursor", "expires_at",
-                 "heartbeat", "stream", "start", "started")
+                 "heartbeat", "stream", "start", "started", "push")
 
     def __init__(self, hub: Hub, store: Store, user: str, *, transport: str,
                  topics: frozenset[str] | None = None, cursor: int | None = None,
                  expires_at: float | None = None, heartbeat: float = 15.0,
-                 start: Start | None = None):
+                 start: Start | None = None, push: Push | None = None):
         self.hub = hub
         self.store = store
         self.user = user
@@ -78,6 +80,9 @@ class Feed:
         #: Starts the transport's response (SSE headers and ``retry:``, the WebSocket
         #: accept); called once, then dropped, so nothing it holds lives with the stream.
         self.start = start
+        #: Writes live events from the hub's side without blocking, once the replay is
+        #: over (:meth:`~sse_notify.hub.Stream.go_live`); None: the task sends them.
+        self.push = push
         #: Whether the stream got as far as starting its response: if not (storage failed
         #: before), the transport can still answer with an error.
         self.started = False
@@ -108,7 +113,6 @@ class Feed:
                 await start()
                 del start
             last = await self._start(send, stream, newest, unread, pruned_through)
-            stream.replaying = False
             return await self._live(send, stream, last)
 
     async def _start(self, send: Send, stream: Stream, newest: int, unread: int,
@@ -141,11 +145,14 @@ class Feed:
             stream.lagged = False  # live events were dropped meanwhile: read them again
 
     async def _live(self, send: Send, stream: Stream, last: int) -> str:
-        stats = self.hub.stats
         loop = asyncio.get_running_loop()
+        heartbeat = self.heartbeat
         expires_at = self.expires_at
         warn_at = None if expires_at is None else expires_at - EXPIRY_WARNING
-        quiet_until = loop.time() + self.heartbeat  # keepalive due unless something is sent
+        push, self.push = self.push, None
+        stream.go_live(last, push)  # from here the hub may write new events itself
+        del push
+        quiet_until = loop.time() + heartbeat  # keepalive due unless something is sent
         while True:
             wait = quiet_until - loop.time()
             if expires_at is not None:
@@ -154,25 +161,30 @@ class Feed:
                     return "expired"
                 if warn_at is not None and now >= warn_at:
                     warn_at = None
-                    await send([token_expiring(expires_at)])
-                    quiet_until = loop.time() + self.heartbeat
+                    await _send_own(send, stream, [token_expiring(expires_at)])
+                    quiet_until = loop.time() + heartbeat
                     continue
                 wait = min(wait, (expires_at if warn_at is None else warn_at) - now)
             if wait <= 0:
-                await send([KEEPALIVE])
-                quiet_until = loop.time() + self.heartbeat
+                if stream.written_at + heartbeat > quiet_until:  # the hub pushed meanwhile
+                    quiet_until = stream.written_at + heartbeat
+                    continue
+                await _send_own(send, stream, [KEEPALIVE])
+                quiet_until = loop.time() + heartbeat
                 continue
             await stream.wait(wait)
-            fresh = []
-            for event in stream.take():  # in id order; skip what the replay already sent
-                if event.id is None:
-                    fresh.append(event)
-                elif event.id > last:
-                    fresh.append(event)
-                    last = event.id
-                    stats.delivered += 1
+            fresh = stream.fresh()  # in id order, minus what the replay already sent
             if fresh:
-                await send(fresh)
+                await _send_own(send, stream, fresh)
                 if self.hub.on_delivered is not None:
                     self.hub.on_delivered(self.user, fresh)
-                quiet_until = loop.time() + self.heartbeat
+                quiet_until = loop.time() + heartbeat
+
+
+async def _send_own(send: Send, stream: Stream, events: list[Outbound]) -> None:
+    """A send by the stream's task: the hub's flusher keeps off the stream meanwhile."""
+    stream.sending = True
+    try:
+        await send(events)
+    finally:
+        stream.sending = False

@@ -7,6 +7,14 @@ Deliberate decisions:
   The consumer's wake-up timer (heartbeat, token expiry) is kept across events rather
   than armed and cancelled for each one, and waiting allocates nothing else that lives
   until the next event (see :meth:`Stream.wait`).
+* Push: once a stream has finished its replay, its transport may give it a ``push``
+  function (:meth:`Stream.go_live`) that writes a batch without blocking or refuses. Then
+  ``dispatch`` only buffers and queues the stream, and the hub's flusher writes each
+  queued stream's batch from the dispatcher's side, waking no task; every
+  :data:`PUSH_SLICE` streams it yields to the loop, so publishes and new streams are
+  served in the middle of a broadcast to many. A stream whose push refuses (its socket
+  is not keeping up), or whose task is sending itself, is woken instead: its task sends
+  with ASGI's back-pressure while its buffer stays bounded as before.
 * A notification is encoded once (:class:`~sse_notify.wire.Outbound`) and the same object
   is shared by every stream it reaches.
 * A live stream whose buffer would exceed its bound is closed (the client reconnects with
@@ -21,13 +29,19 @@ The hub knows neither the store nor the broker.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 
 from .models import Notification, ReadChange
 from .wire import Outbound, read_event
 
-__all__ = ["Hub", "Stream", "HubStats"]
+__all__ = ["Hub", "Stream", "HubStats", "Push", "PUSH_SLICE"]
+
+#: Writes a batch to the client now, without blocking, or answers False and writes nothing.
+Push = Callable[[list[Outbound]], bool]
+#: Streams the flusher writes between two yields to the event loop.
+PUSH_SLICE = 256
 
 
 class HubStats:
@@ -43,10 +57,11 @@ class Stream:
     """One open SSE response or WebSocket: its filter and its bounded buffer."""
 
     __slots__ = ("user", "topics", "transport", "limit", "replaying", "lagged",
-                 "close_reason", "on_close", "_buffer", "_waiter", "_timer", "_timer_at", "_stats")
+                 "close_reason", "on_close", "last", "written_at", "sending",
+                 "_push", "_queued", "_hub", "_buffer", "_waiter", "_timer", "_timer_at", "_stats")
 
     def __init__(self, user: str, topics: frozenset[str] | None, transport: str,
-                 limit: int, stats: HubStats):
+                 limit: int, stats: HubStats, hub: Hub | None = None):
         self.user = user
         self.topics = topics
         self.transport = transport
@@ -55,6 +70,15 @@ class Stream:
         self.lagged = False
         self.close_reason: str | None = None
         self.on_close: Callable[[], object] | None = None
+        #: The newest notification id sent on this stream (replay or live).
+        self.last = 0
+        #: loop.time() of the last push (the feed's keepalive counts it as traffic).
+        self.written_at = 0.0
+        #: Set by the stream's task while it sends itself: the flusher leaves it alone.
+        self.sending = False
+        self._push: Push | None = None
+        self._queued = False
+        self._hub = hub
         self._buffer: list[Outbound] = []
         self._waiter: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -79,7 +103,71 @@ class Stream:
                 self._stats.slow_disconnects += 1
                 self.close("overflow")
                 return
-        self._wake()
+        if self._push is None or self.sending:
+            self._wake()
+        elif not self._queued and self._hub is not None:
+            self._queued = True
+            self._hub._queue(self)
+
+    def go_live(self, last: int, push: Push | None) -> None:
+        """The replay is over, ``last`` the newest id sent: from now on the flusher writes
+        new events with ``push`` (if given) instead of waking the stream's task."""
+        self.last = last
+        self.replaying = False
+        self._push = push
+        if push is not None and self._buffer and self._hub is not None and not self._queued:
+            self._queued = True
+            self._hub._queue(self)
+
+    def fresh(self) -> list[Outbound]:
+        """:meth:`take`, minus notifications already sent (ids up to :attr:`last`),
+        counting the rest as delivered."""
+        batch, self.last, delivered = self._unsent()
+        self._buffer.clear()
+        self._stats.delivered += delivered
+        return batch
+
+    def _unsent(self) -> tuple[list[Outbound], int, int]:
+        """The buffer minus ids up to :attr:`last` (a notification the replay read from
+        storage may reach the hub after it), the newest id in it, how many ids."""
+        buffer = self._buffer
+        last = self.last
+        batch = []
+        delivered = 0
+        for event in buffer:  # in id order
+            if event.id is None:
+                batch.append(event)
+            elif event.id > last:
+                batch.append(event)
+                last = event.id
+                delivered += 1
+        return batch, last, delivered
+
+    def _flush(self, now: float) -> None:
+        """The flusher's turn: push what is buffered, or leave it to the task."""
+        self._queued = False
+        if self.close_reason is not None or not self._buffer:
+            return
+        push = self._push
+        if push is None or self.sending:
+            self._wake()
+            return
+        batch, last, delivered = self._unsent()
+        if batch:
+            try:
+                pushed = push(batch)
+            except Exception:  # a transport failing here fails the same way for the task
+                pushed = False
+            if not pushed:
+                self._wake()  # not writable now: the task sends, waiting for the socket
+                return
+            self.written_at = now
+            hub = self._hub
+            if hub is not None and hub.on_delivered is not None:
+                hub.on_delivered(self.user, batch)
+        self.last = last
+        self._stats.delivered += delivered
+        self._buffer.clear()
 
     def wait(self, timeout: float) -> asyncio.Future[None]:
         """A future done when something is buffered or the stream closes -- at once if
@@ -128,6 +216,7 @@ class Stream:
         if self.close_reason is not None:
             return
         self.close_reason = reason
+        self._push = None
         self._buffer.clear()
         self._stop_timer()
         self._wake()
@@ -147,14 +236,36 @@ class Hub:
         self._by_user: dict[str, set[Stream]] = {}
         self._all: set[Stream] = set()
         self._changed: set[str] = set()  # users who opened or closed a stream: presence
-        #: Told, once per batch a feed wrote to a stream, the user and the events written
-        #: (delivery receipts, :mod:`sse_notify.receipts`); None: nobody listens.
+        #: Told, once per batch written to a stream (by its feed, or pushed from here), the
+        #: user and the events written (delivery receipts, :mod:`sse_notify.receipts`);
+        #: None: nobody listens.
         self.on_delivered: Callable[[str, Sequence[Outbound]], None] | None = None
+        self._pending: deque[Stream] = deque()
+        self._flusher: asyncio.Task[None] | None = None
+
+    def _queue(self, stream: Stream) -> None:
+        self._pending.append(stream)
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_pending())
+
+    async def _flush_pending(self) -> None:
+        """Write every queued stream's batch, :data:`PUSH_SLICE` streams per loop turn."""
+        pending = self._pending
+        loop = asyncio.get_running_loop()
+        try:
+            while pending:
+                now = loop.time()
+                for _ in range(min(PUSH_SLICE, len(pending))):
+                    pending.popleft()._flush(now)
+                if pending:
+                    await asyncio.sleep(0)
+        finally:
+            self._flusher = None
 
     @asynccontextmanager
     async def subscribe(self, user: str, topics: frozenset[str] | None = None,
                         transport: str = "sse") -> AsyncIterator[Stream]:
-        stream = Stream(user, topics, transport, self.stream_buffer, self.stats)
+        stream = Stream(user, topics, transport, self.stream_buffer, self.stats, self)
         self._by_user.setdefault(user, set()).add(stream)
         self._all.add(stream)
         self._changed.add(user)
@@ -162,6 +273,7 @@ class Hub:
             yield stream
         finally:
             stream._stop_timer()
+            stream._push = None
             self._all.discard(stream)
             self._changed.add(user)
             streams = self._by_user.get(user)

@@ -31,6 +31,7 @@ __all__ = [
     "sse_retry",
     "token_expiring",
     "ws_frame",
+    "ws_text_frame",
 ]
 
 
@@ -78,6 +79,16 @@ def encode_json(value: Any) -> bytes:
     return raw
 
 
+def ws_text_frame(payload: bytes) -> bytes:
+    """One whole, unmasked (server) WebSocket text frame carrying ``payload`` (UTF-8)."""
+    n = len(payload)
+    if n < 126:
+        return b"\x81" + bytes((n,)) + payload
+    if n < 65536:
+        return b"\x81\x7e" + n.to_bytes(2, "big") + payload
+    return b"\x81\x7f" + n.to_bytes(8, "big") + payload
+
+
 def ws_frame(type_: str, fields: dict[str, Any]) -> str:
     return encode_json({"type": type_, **fields}).decode()
 
@@ -89,7 +100,7 @@ class Outbound:
     hub's topic filter.
     """
 
-    __slots__ = ("id", "topic", "user", "_kind", "_ws_type", "_json", "_sse", "_ws")
+    __slots__ = ("id", "topic", "user", "_kind", "_ws_type", "_json", "_sse", "_ws", "_ws_wire")
 
     def __init__(self, kind: str, payload: bytes, id: int | None = None,
                  topic: str | None = None, user: str | None = None, ws_type: str | None = None):
@@ -101,6 +112,7 @@ class Outbound:
         self.user = user
         self._sse: bytes | None = None
         self._ws: str | None = None
+        self._ws_wire: bytes | None = None
 
     @classmethod
     def notification(cls, n: Notification) -> Outbound:
@@ -119,6 +131,13 @@ class Outbound:
             sep = b"" if body == b"}" else b","
             self._ws = (b'{"type":"' + self._ws_type.encode() + b'"' + sep + body).decode()
         return self._ws
+
+    @property
+    def ws_wire(self) -> bytes:
+        """:attr:`ws` as a whole WebSocket frame on the wire (a server's: unmasked)."""
+        if self._ws_wire is None:
+            self._ws_wire = ws_text_frame(self.ws.encode())
+        return self._ws_wire
 
     def __repr__(self) -> str:
         return f"Outbound({self._kind!r}, id={self.id!r})"

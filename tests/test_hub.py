@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 import pytest
@@ -228,3 +229,87 @@ async def test_close_all_ends_every_stream() -> None:
         assert hub.stats.slow_disconnects == 0
         hub.close_all("again")  # closing twice keeps the first reason, calls on_close once
         assert a.close_reason == "shutdown" and sorted(reasons) == ["a", "b"]
+
+
+# -- push from the hub ----------------------------------------------------------------
+
+async def flushed() -> None:
+    """Let the hub's flusher run to its end (it yields between slices)."""
+    for _ in range(50):
+        await asyncio.sleep(0)
+
+
+async def test_a_live_stream_with_a_push_is_written_by_the_hub_without_waking_its_task() -> None:
+    hub = Hub()
+    written: list[list[int | None]] = []
+    async with hub.subscribe("alice") as stream:
+        stream.go_live(0, lambda batch: written.append(ids(batch)) or True)
+        waiter = stream.wait(60)
+        hub.dispatch([note(1), note(2)])
+        hub.dispatch([note(3)])
+        await flushed()
+        assert written == [[1, 2, 3]]  # one write for everything queued before the flush
+        assert not waiter.done() and stream.take() == []
+        assert stream.last == 3 and hub.stats.delivered == 3
+
+
+async def test_the_push_starts_only_after_the_replay_and_skips_what_it_sent() -> None:
+    hub = Hub()
+    written: list[list[int | None]] = []
+    async with hub.subscribe("alice") as stream:
+        hub.dispatch([note(4), note(5)])  # buffered while replaying: no push yet
+        await flushed()
+        assert written == []
+        stream.go_live(4, lambda batch: written.append(ids(batch)) or True)  # the replay sent up to 4
+        await flushed()
+        hub.dispatch([note(5), note(6)])  # 5 reached the hub late: already sent
+        await flushed()
+        assert written == [[5], [6]] and hub.stats.delivered == 2
+
+
+async def test_a_refused_push_or_a_sending_task_leaves_the_batch_to_the_task() -> None:
+    hub = Hub()
+    writable = False
+    written: list[list[int | None]] = []
+
+    def push(batch: list) -> bool:
+        if writable:
+            written.append(ids(batch))
+        return writable
+
+    async with hub.subscribe("alice") as stream:
+        stream.go_live(0, push)
+        hub.dispatch([note(1)])
+        await flushed()
+        assert written == [] and ids(stream.fresh()) == [1]  # the task takes it, waiting for the socket
+        stream.sending = True
+        writable = True
+        hub.dispatch([note(2)])
+        await flushed()
+        assert written == [] and ids(stream.fresh()) == [2]
+        stream.sending = False
+        hub.dispatch([note(3)])
+        await flushed()
+        assert written == [[3]]
+
+
+async def test_a_broadcast_to_many_pushed_streams_yields_to_the_loop() -> None:
+    from sse_notify.hub import PUSH_SLICE
+
+    hub = Hub()
+    written: list[str] = []
+    other: list[int] = []
+    async with contextlib.AsyncExitStack() as stack:
+        for i in range(3 * PUSH_SLICE):
+            stream = await stack.enter_async_context(hub.subscribe(f"u{i}"))
+            stream.go_live(0, lambda batch, i=i: written.append(f"u{i}") or True)
+        hub.dispatch([note(1, None)])
+
+        async def meanwhile() -> None:
+            other.append(len(written))
+
+        task = asyncio.create_task(meanwhile())  # scheduled after the flusher's first turn
+        await flushed()
+        await task
+        assert len(written) == 3 * PUSH_SLICE
+        assert other == [PUSH_SLICE]  # it ran between the first slice and the second

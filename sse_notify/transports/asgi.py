@@ -34,7 +34,11 @@ def query_params(scope: Scope) -> dict[str, str]:
     """A repeated parameter keeps its first value."""
     params: dict[str, str] = {}
     raw = scope.get("query_string", b"").decode("latin-1")
-    for name, value in parse_qsl(raw, keep_blank_values=True):
+    if "%" in raw or "+" in raw:
+        pairs = parse_qsl(raw, keep_blank_values=True)
+    else:  # nothing to unquote (a stream's token and cursor): the same pairs, cheaper
+        pairs = [part.partition("=")[::2] for part in raw.split("&") if part]  # type: ignore[misc]
+    for name, value in pairs:
         params.setdefault(name, value)
     return params
 

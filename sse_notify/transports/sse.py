@@ -6,7 +6,9 @@ feed calls back to start the response): whatever commits after a client has seen
 headers reaches it. Storage failing before that is still answered with the JSON 503.
 The feed runs in the request's task beside one watcher task that waits for the client to
 go away (:func:`~.asgi.run_feed`). Queued events are written in one chunk per wake-up,
-not one send per event.
+not one send per event. Over HTTP/1.1 on plain TCP, once the replay is over, the hub
+writes live events itself, straight to the connection (:mod:`.direct`); elsewhere (HTTP/2,
+TLS) and whenever the socket is not keeping up, the stream's task sends them through ASGI.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ from ..auth import subscriber_token, verify_subscriber
 from ..cors import cors_headers, preflight_headers
 from ..errors import ApiError
 from ..feed import Feed, parse_cursor, parse_topics
+from ..hub import Push
 from ..limits import Slot
 from ..models import valid_name
 from ..service import Service
 from ..wire import Outbound, sse_retry
+from .direct import BodyWriter, body_writer
 from .asgi import (
     ASGISend, Receive, Scope, query_params, request_headers, run_feed, send_error, send_within,
 )
@@ -45,8 +49,7 @@ class SSEEndpoint:
         feed, slot, cors = admitted
 
         async def write(events: list[Outbound]) -> None:
-            body = events[0].sse if len(events) == 1 else b"".join(e.sse for e in events)
-            await send({"type": "http.response.body", "body": body, "more_body": True})
+            await send({"type": "http.response.body", "body": _chunk(events), "more_body": True})
 
         with slot:
             reason = await run_feed(feed, write, _disconnected(receive))
@@ -99,8 +102,20 @@ class SSEEndpoint:
 
         feed = Feed(self.service.hub, self.service.store, claims.subject, transport="sse",
                     topics=topics, cursor=parse_cursor(raw_cursor),
-                    expires_at=claims.expires_at, heartbeat=settings.heartbeat, start=start)
+                    expires_at=claims.expires_at, heartbeat=settings.heartbeat, start=start,
+                    push=_pusher(body_writer(scope, send)))
         return feed, slot, tuple(cors)  # () without CORS: a shared empty tuple
+
+
+def _chunk(events: list[Outbound]) -> bytes:
+    return events[0].sse if len(events) == 1 else b"".join([e.sse for e in events])
+
+
+def _pusher(direct: BodyWriter | None) -> Push | None:
+    """The hub's push for this stream: its events as one SSE chunk, written directly."""
+    if direct is None:
+        return None
+    return lambda events: direct(_chunk(events))
 
 
 async def _disconnected(receive: Receive) -> None:

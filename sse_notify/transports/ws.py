@@ -10,7 +10,10 @@ whatever commits from then on reaches it. An auth frame needs the upgrade first;
 ``auth_success`` is that moment. After auth the feed runs in the connection's
 task while a receiver task answers the client's frames (``read``, ``ping``); bad frames
 get an error frame and the socket stays open. The receiver ending (the client closed)
-ends the feed (:func:`~.asgi.run_feed`).
+ends the feed (:func:`~.asgi.run_feed`). Over HTTP/1.1 on plain TCP, once the replay is
+over, the hub writes live events itself, several frames in one write (:mod:`.direct`);
+the task sends through ASGI otherwise. ``permessage-deflate`` is declined (a compressed
+socket keeps zlib state each way: 22 KiB -> 113 KiB per connection).
 """
 
 from __future__ import annotations
@@ -24,11 +27,13 @@ import orjson
 from ..auth import bearer, verify_subscriber
 from ..errors import ApiError
 from ..feed import Feed, parse_cursor
+from ..hub import Push
 from ..schemas import MarkReadBody, parse
 from ..service import Service
 from ..store import StoreUnavailable
 from ..tokens import Claims
 from ..wire import KEEPALIVE, Outbound, ws_frame
+from .direct import BodyWriter, frame_writer, refuse_permessage_deflate
 from .asgi import ASGISend, Receive, Scope, query_params, request_headers, run_feed, send_within
 from .sse import stream_topics
 
@@ -49,6 +54,7 @@ class _Disconnected(Exception):
 class WebSocketEndpoint:
     def __init__(self, service: Service):
         self.service = service
+        refuse_permessage_deflate()
 
     async def __call__(self, scope: Scope, receive: Receive, send: ASGISend) -> None:
         if (await receive())["type"] != "websocket.connect":
@@ -78,7 +84,8 @@ class WebSocketEndpoint:
             return
         cursor = raw_cursor if type(raw_cursor) is int and raw_cursor >= 0 else parse_cursor(
             raw_cursor if isinstance(raw_cursor, str) else None)
-        await self._stream(receive, send, accepted, claims, topics, cursor)
+        await self._stream(receive, send, accepted, claims, topics, cursor,
+                           _pusher(frame_writer(scope, send)))
 
     async def _auth_frame(self, receive: Receive, send: ASGISend) -> tuple[str | None, Any]:
         """Wait for ``{"type": "auth", ...}``; None as the token means "no valid auth"."""
@@ -92,7 +99,7 @@ class WebSocketEndpoint:
         return frame["token"], frame.get("last_event_id")
 
     async def _stream(self, receive: Receive, send: ASGISend, accepted: bool, claims: Claims,
-                      topics: frozenset[str] | None, cursor: int | None) -> None:
+                      topics: frozenset[str] | None, cursor: int | None, push: Push | None) -> None:
         settings = self.service.settings
         try:
             slot = self.service.slots.take(claims.subject)
@@ -101,7 +108,8 @@ class WebSocketEndpoint:
             return
         feed = Feed(self.service.hub, self.service.store, claims.subject, transport="ws",
                     topics=topics, cursor=cursor, expires_at=claims.expires_at,
-                    heartbeat=settings.heartbeat, start=None if accepted else partial(send, ACCEPT))
+                    heartbeat=settings.heartbeat, start=None if accepted else partial(send, ACCEPT),
+                    push=push)
 
         async def write(events: list[Outbound]) -> None:
             for event in events:
@@ -144,6 +152,13 @@ class WebSocketEndpoint:
 
 
 _UNPARSEABLE = object()
+
+
+def _pusher(direct: BodyWriter | None) -> Push | None:
+    """The hub's push for this stream: its events as frames in one write, directly."""
+    if direct is None:
+        return None
+    return lambda events: direct(b"".join([e.ws_wire for e in events if e is not KEEPALIVE]))
 
 
 async def _receive_json(receive: Receive) -> Any:

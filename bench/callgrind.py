@@ -1,0 +1,134 @@
+"""Instructions per broadcast delivery, counted by callgrind: steadier than CPU time on a
+shared machine (``bench/PROFILE.md``).
+
+    .venv/bin/python -m bench.callgrind [--transport sse|ws] [--streams 200] [--broadcasts 20]
+    .venv/bin/python -m bench.callgrind --workload open [--streams 200]
+
+Starts ``sse-notify serve`` under ``valgrind --tool=callgrind --instr-atstart=no``, opens
+the streams (each waits for its ``hello``), switches collection on, publishes the
+broadcasts one after another (each waits until every stream has it), switches it off and
+prints the instructions per delivery (publishing included, spread over the deliveries)
+and the callgrind output file for ``callgrind_annotate``. With ``--workload open`` it
+counts the opening of the streams instead (16 at a time, each up to its ``hello``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.client import Publisher, Sink, open_streams  # noqa: E402
+from bench.servers import SSENotifyServer  # noqa: E402
+from sse_notify.tokens import TokenSigner  # noqa: E402
+
+
+class CallgrindServer(SSENotifyServer):
+    def __init__(self, data_dir: Path, secret: str, out: Path):
+        super().__init__(data_dir, secret, None)
+        self.out = out
+
+    def command(self) -> list[str]:
+        return ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                f"--callgrind-out-file={self.out}", *super().command()]
+
+
+def _control(pid: int, *args: str) -> None:
+    subprocess.run(["callgrind_control", *args, str(pid)], check=True, capture_output=True)
+
+
+def _instructions(out: Path) -> int:
+    for line in out.read_text(errors="replace").splitlines():
+        if line.startswith("totals:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no totals in {out}")
+
+
+async def measure(transport: str, streams: int, broadcasts: int, out: Path,
+                  workload: str = "broadcast") -> dict[str, float]:
+    secret = secrets.token_urlsafe(32)
+    signer = TokenSigner(secret)
+    with tempfile.TemporaryDirectory(prefix="sse-notify-callgrind-") as data:
+        server = CallgrindServer(Path(data), secret, out).start(timeout=300)
+        try:
+            users = [f"cg{i}" for i in range(streams)]
+            sink = Sink()
+            tokens = [signer.subscriber(u, ttl=3600) for u in users]
+            warm = await open_streams(transport, server.port, ["warm"], tokens[:1], sink, until="hello")
+            if workload == "open":
+                _control(server.pid, "-z")
+                _control(server.pid, "-i", "on")
+            opened = await open_streams(transport, server.port, users, tokens, sink,
+                                        concurrency=16, timeout=600, until="hello")
+            if workload == "open":
+                _control(server.pid, "-i", "off")
+                _control(server.pid, "-d")
+                broadcasts = 0
+            opened += warm
+            pub = await Publisher(server.port, signer.publisher("cg"), connections=1).open()
+            body = b'{"broadcast":true,"title":"bench","data":{"ts":%.6f}}'
+            if workload == "broadcast":
+                n = streams + 1
+                await pub.post(body % time.time())  # warm: first-use costs are not counted
+                await _wait(sink, n, 120)
+                _control(server.pid, "-z")
+                _control(server.pid, "-i", "on")
+                for i in range(broadcasts):
+                    status, _ = await pub.post(body % time.time())
+                    assert status == 201, status
+                    await _wait(sink, n * (i + 2), 120)
+                _control(server.pid, "-i", "off")
+                _control(server.pid, "-d")
+            await pub.close()
+            for s in opened:
+                s.close()
+        finally:
+            server.stop(timeout=60)
+    dumps = sorted(out.parent.glob(out.name + "*"), key=lambda p: p.stat().st_mtime)
+    total = sum(_instructions(p) for p in dumps if re.search(r"\.\d+$", p.name)) or _instructions(dumps[-1])
+    count = streams * broadcasts if workload == "broadcast" else streams
+    return {"instructions": total, "count": count, "per_op": total / count}
+
+
+async def _wait(sink: Sink, want: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while sink.delivered < want:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{sink.delivered} of {want} deliveries")
+        await asyncio.sleep(0.01)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.callgrind", description=__doc__.split("\n\n")[0])
+    p.add_argument("--transport", choices=("sse", "ws"), default="sse")
+    p.add_argument("--streams", type=int, default=200)
+    p.add_argument("--broadcasts", type=int, default=20)
+    p.add_argument("--workload", choices=("broadcast", "open"), default="broadcast",
+                   help="count the broadcasts' deliveries, or the opening of the streams (up to hello)")
+    p.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "sse-notify.callgrind")
+    args = p.parse_args()
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        raise SystemExit("needs valgrind (callgrind, callgrind_control)")
+    for old in args.out.parent.glob(args.out.name + "*"):
+        old.unlink()
+    r = asyncio.run(measure(args.transport, args.streams, args.broadcasts, args.out, args.workload))
+    what = (f"{args.streams} streams x {args.broadcasts} broadcasts = {r['count']:,} deliveries"
+            if args.workload == "broadcast" else f"{r['count']:,} streams opened (to hello)")
+    unit = "delivery" if args.workload == "broadcast" else "stream opened"
+    print(f"{args.transport}: {what}: {r['instructions']:,} instructions, {r['per_op'] / 1000:,.1f} k per "
+          f"{unit} (callgrind output: {args.out}*)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""The direct body write (:mod:`sse_notify.transports.direct`) against the real Hypercorn.
+
+These tests exist to fail loudly when a Hypercorn or h11 upgrade changes what the module
+relies on: a tested version pair, the chain from ASGI ``send`` to the transport, h11's
+chunked framing. They run a tiny ASGI app under Hypercorn in this process and read the
+bytes over a socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+
+from sse_notify.transports import direct
+from sse_notify.wire import ws_text_frame
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class App:
+    """Starts a chunked response, then writes parts directly (where it can) or via ASGI."""
+
+    def __init__(self) -> None:
+        self.writers: list[Any] = []
+        self.results: list[bool] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (message := await receive())["type"] != "lifespan.shutdown":
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        if scope["type"] == "websocket":
+            return await self.websocket(scope, receive, send)
+        writer = direct.body_writer(scope, send)
+        self.writers.append(writer)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"asgi-1|", "more_body": True})
+        for part in (b"direct-1|", b"direct-2|"):
+            if writer is not None and writer(part):
+                self.results.append(True)
+            else:
+                self.results.append(False)
+                await send({"type": "http.response.body", "body": part, "more_body": True})
+        await send({"type": "http.response.body", "body": b"asgi-2", "more_body": False})
+        if writer is not None:
+            self.results.append(writer(b"after the end"))
+
+
+    async def websocket(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()  # websocket.connect
+        writer = direct.frame_writer(scope, send)
+        self.writers.append(writer)
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.send", "text": "asgi-1"})
+        frames = ws_text_frame(b"direct-1") + ws_text_frame("direct-\u00e9".encode() * 20)
+        self.results.append(writer is not None and writer(frames))
+        if not self.results[-1]:
+            for text in ("direct-1", "direct-\u00e9" * 20):
+                await send({"type": "websocket.send", "text": text})
+        await send({"type": "websocket.send", "text": "asgi-2"})
+        await receive()  # the client's close
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[tuple[App, int]]:
+    app = App()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    config = Config()
+    config.bind = [f"127.0.0.1:{port}"]
+    config.accesslog = None
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(app, config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
+    for _ in range(200):
+        try:
+            _, w = await asyncio.open_connection("127.0.0.1", port)
+            w.close()
+            break
+        except OSError:
+            await asyncio.sleep(0.02)
+    yield app, port
+    stop.set()
+    await task
+
+
+def test_the_installed_hypercorn_and_h11_are_a_tested_pair() -> None:
+    # An upgrade lands here first: test the new pair, then add it to direct.TESTED.
+    assert direct.supported(), (
+        f"hypercorn/h11 {direct._series('hypercorn')}/{direct._series('h11')} not in {direct.TESTED}")
+
+
+async def test_http11_chunks_are_written_directly_and_framed_as_h11_would(server: tuple[App, int]) -> None:
+    app, port = server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    raw = await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), 10)
+    writer.close()
+    assert app.writers[0] is not None, "direct.body_writer no longer finds Hypercorn's HTTP/1.1 chain"
+    assert app.results == [True, True, False]  # both parts direct; nothing after the end
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert b"transfer-encoding: chunked" in head.lower()
+    assert body == b"7\r\nasgi-1|\r\n9\r\ndirect-1|\r\n9\r\ndirect-2|\r\n6\r\nasgi-2\r\n0\r\n\r\n"
+
+
+async def test_a_client_reading_the_response_sees_every_part_in_order(server: tuple[App, int]) -> None:
+    _, port = server
+    async with httpx.AsyncClient() as client:
+        response = await client.get(f"http://127.0.0.1:{port}/")
+    assert response.text == "asgi-1|direct-1|direct-2|asgi-2"
+
+
+async def test_http2_falls_back_to_asgi(server: tuple[App, int]) -> None:
+    app, port = server
+    async with httpx.AsyncClient(http1=False, http2=True) as client:  # h2c, prior knowledge
+        response = await client.get(f"http://127.0.0.1:{port}/")
+    assert response.http_version == "HTTP/2"
+    assert response.text == "asgi-1|direct-1|direct-2|asgi-2"
+    assert app.writers == [None] and app.results == [False, False]
+
+
+async def test_another_version_falls_back_to_asgi(server: tuple[App, int],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    app, port = server
+    monkeypatch.setattr(direct, "_supported", False)
+    async with httpx.AsyncClient() as client:
+        response = await client.get(f"http://127.0.0.1:{port}/")
+    assert response.text == "asgi-1|direct-1|direct-2|asgi-2"
+    assert app.writers == [None]
+
+
+def test_tls_and_websocket_scopes_are_refused_up_front() -> None:
+    async def send(message: Any) -> None: ...
+
+    assert direct.body_writer({"type": "http", "scheme": "https", "http_version": "1.1"}, send) is None
+    assert direct.body_writer({"type": "websocket", "scheme": "ws", "http_version": "1.1"}, send) is None
+    assert direct.body_writer({"type": "http", "scheme": "http", "http_version": "1.1"}, send) is None
+
+
+async def ws_messages(port: int, compression: str | None) -> tuple[list[str], str | None]:
+    async with connect(f"ws://127.0.0.1:{port}/", compression=compression) as ws:
+        got = [await ws.recv() for _ in range(4)]
+        return got, ws.response.headers.get("sec-websocket-extensions")  # type: ignore[union-attr]
+
+
+async def test_websocket_frames_are_written_directly(server: tuple[App, int]) -> None:
+    app, port = server
+    got, extensions = await ws_messages(port, None)
+    assert got == ["asgi-1", "direct-1", "direct-\u00e9" * 20, "asgi-2"]
+    assert app.writers[0] is not None and app.results == [True]
+
+
+async def test_permessage_deflate_is_declined_and_frames_still_go_directly(server: tuple[App, int]) -> None:
+    app, port = server
+    assert direct.refuse_permessage_deflate()
+    got, extensions = await ws_messages(port, "deflate")  # the client offers it
+    assert extensions is None
+    assert got == ["asgi-1", "direct-1", "direct-\u00e9" * 20, "asgi-2"]
+    assert app.results == [True]
+
+
+async def test_a_compressed_websocket_falls_back_to_asgi(server: tuple[App, int],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from hypercorn.protocol import ws_stream
+    from wsproto.extensions import PerMessageDeflate
+
+    app, port = server
+    monkeypatch.setattr(ws_stream, "PerMessageDeflate", PerMessageDeflate)
+    got, extensions = await ws_messages(port, "deflate")
+    assert extensions is not None and extensions.startswith("permessage-deflate")
+    assert got == ["asgi-1", "direct-1", "direct-\u00e9" * 20, "asgi-2"]
+    assert app.results == [False]  # the writer refused: the frames would need compressing
