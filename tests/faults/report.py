@@ -43,6 +43,28 @@ ROWS: dict[str, tuple[str, list[tuple[str, str]]]] = {
     "isolation": ("7. Isolation: A against B, forged tokens", [
         ("attempts", "attempts"), ("breaches", "breaches"), ("forged", "forged-token attempts"),
         ("mutations", "mutated tokens")]),
+    "cluster-race": ("8. Several nodes: three on one PostgreSQL, publishing everywhere, reconnecting anywhere", [
+        ("subscribers", "subscribers"), ("seconds", "seconds"), ("published", "published"),
+        ("sessions", "reconnects"), ("received", "delivered"), ("missing", "missing"),
+        ("duplicated", "duplicated"), ("out_of_order", "out of order")]),
+    "cluster-redis": ("9. The same with the Redis broker", [
+        ("published", "published"), ("sessions", "reconnects"), ("received", "delivered"),
+        ("missing", "missing"), ("duplicated", "duplicated"), ("out_of_order", "out of order")]),
+    "cluster-kill": ("10. The same while a node is SIGKILLed", [
+        ("published", "published"), ("received", "delivered"), ("dropped", "streams cut by the kill"),
+        ("missing", "missing"), ("duplicated", "duplicated"), ("out_of_order", "out of order")]),
+    "postgresql-restart": ("11. PostgreSQL restarted under load (two nodes)", [
+        ("published", "acknowledged"), ("refused_503", "503 answers"), ("slowest_publish_s", "slowest answer s"),
+        ("missing", "missing"), ("duplicated", "duplicated"), ("out_of_order", "out of order")]),
+    "pg-listen-killed": ("12. LISTEN connections killed (pg_terminate_backend)", [
+        ("faults", "kills"), ("committed", "committed"), ("missing", "missing"), ("duplicated", "duplicated"),
+        ("out_of_order", "out of order"), ("longest_stall_ms", "longest stall ms")]),
+    "redis-restarted": ("13. Redis restarted", [
+        ("faults", "restarts"), ("committed", "committed"), ("missing", "missing"), ("duplicated", "duplicated"),
+        ("out_of_order", "out of order"), ("longest_stall_ms", "longest stall ms")]),
+    "redis-client-kill": ("14. Redis subscribers kicked (CLIENT KILL)", [
+        ("faults", "kicks"), ("committed", "committed"), ("missing", "missing"), ("duplicated", "duplicated"),
+        ("out_of_order", "out of order"), ("longest_stall_ms", "longest stall ms")]),
 }
 
 
