@@ -40,7 +40,7 @@ import asyncpg  # noqa: E402
 
 from bench.client import Publisher, Sink, drive, open_streams, percentiles  # noqa: E402
 from bench.servers import BENCH_DIR, SSENotifyServer  # noqa: E402
-from sse_notify.cli import raise_open_files_limit  # noqa: E402
+from sse_notify.server import raise_open_files_limit  # noqa: E402
 from sse_notify.tokens import TokenSigner  # noqa: E402
 
 PG_ADMIN = os.environ.get("BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")

@@ -48,7 +48,7 @@ if __package__ in (None, ""):  # run as a file: python bench/run.py
 
 from bench.storm import s7_storm  # noqa: E402
 from bench.client import Publisher, Sink, _Stream, drive, open_streams, percentiles  # noqa: E402
-from sse_notify.cli import raise_open_files_limit  # noqa: E402
+from sse_notify.server import raise_open_files_limit  # noqa: E402
 from bench.servers import (  # noqa: E402
     BENCH_DIR, PeerServer, Server, SSENotifyServer, ensure_peer_installed, proc_run_wait_seconds,
 )

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 import pytest
 
-from sse_notify import cli
+from sse_notify import cli, server
 from sse_notify.cli import main
 from sse_notify.config import Settings, load_secret
 from sse_notify.tokens import DEFAULT_SUBSCRIBER_TTL, InvalidToken, TokenSigner
@@ -39,12 +39,11 @@ def no_serving(monkeypatch: pytest.MonkeyPatch) -> list:
     """Fail loudly instead of blocking if a test ever gets as far as running the server."""
     calls: list = []
 
-    def refuse(coro: object) -> None:
-        calls.append(coro)
-        coro.close()  # type: ignore[attr-defined]
+    def refuse(settings: object) -> None:
+        calls.append(settings)
         raise AssertionError("serve got past option validation")
 
-    monkeypatch.setattr(cli, "_run", refuse)
+    monkeypatch.setattr(cli, "run", refuse)
     return calls
 
 
@@ -166,12 +165,8 @@ def test_serve_invalid_environment_fails_before_serving(monkeypatch: pytest.Monk
 def test_serve_passes_flags_over_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     seen: list = []
 
-    async def fake_serve(settings: object) -> None:
-        seen.append(settings)
-
-    monkeypatch.setattr(cli, "_serve", fake_serve)
-    monkeypatch.setattr(cli, "_configure_logging", lambda: None)
-    monkeypatch.setattr(cli, "raise_open_files_limit", lambda: 0)  # no process-wide side effect
+    monkeypatch.setattr(cli, "run", seen.append)  # the settings serve would run with
+    monkeypatch.setattr(cli, "configure_logging", lambda: None)
     monkeypatch.setenv("SSE_NOTIFY_PORT", "9001")
     monkeypatch.setenv("SSE_NOTIFY_HEARTBEAT", "7")
     monkeypatch.setenv("SSE_NOTIFY_ALLOW_ORIGIN", "https://env.example")
@@ -289,9 +284,9 @@ def test_the_command_list_shows_each_summary_whole(capsys: pytest.CaptureFixture
 
 def test_start_line_names_the_absolute_data_dir_and_hides_a_store_password(
         tmp_path: Path) -> None:
-    line = cli.start_line(Settings.from_env({}, data_dir="rel/data"))
+    line = server.start_line(Settings.from_env({}, data_dir="rel/data"))
     assert line == f"sse-notify on http://127.0.0.1:8000 (data: {tmp_path / 'rel' / 'data'})"  # cwd: tmp_path
-    line = cli.start_line(Settings.from_env({}, store="postgresql://app:s3cret@db.example/notes"))
+    line = server.start_line(Settings.from_env({}, store="postgresql://app:s3cret@db.example/notes"))
     assert "s3cret" not in line and "store: postgresql://app:***@db.example/notes" in line
 
 

@@ -188,11 +188,10 @@ def in_process(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[...,
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
 
-    def refuse(coro: Any) -> None:
-        coro.close()
+    def refuse(settings: Any) -> None:
         raise AssertionError("serve got past option validation")
 
-    monkeypatch.setattr(cli, "_run", refuse)
+    monkeypatch.setattr(cli, "run", refuse)
 
     def call(*argv: str, env: dict[str, str] | None = None) -> int:
         for name, value in (env or {}).items():

@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 import pytest
 
-from sse_notify.cli import raise_open_files_limit
+from sse_notify.server import raise_open_files_limit
 
 from .support import format_figures
 
