@@ -25,10 +25,11 @@ from typing import Any
 import httpx
 import pytest
 
-from sse_notify.client import (AsyncClient, Client, InvalidRequest, NetworkError, NotFound, RateLimited,
-                               SSENotifyError, TokenInfo, Unauthorized)
+from sse_notify.client import (AsyncClient, Client, InvalidRequest, NetworkError, NotFound, NotificationStatus,
+                               Presence, RateLimited, Receipt, SSENotifyError, TokenInfo, Unauthorized)
 
-from ..helpers import ServerProcess, open_sse, uid
+
+from ..helpers import ServerProcess, open_sse, poll, uid
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -327,18 +328,12 @@ async def test_422_and_413_are_invalid_requests(shared: ServerProcess, sdk: Call
 
 
 async def test_presence_and_status_requests(shared: ServerProcess, sdk: Callable[..., SDK]) -> None:
-    """As far as the server goes today: the requests on the wire, a status for an id that
-    can never exist answered 404 (``NotFound``, not retried), and a presence answer read,
-    or, while the server has no /presence yet, its JSON 404 mapped. The end-to-end tests
-    of presence and receipts belong with those endpoints."""
+    """The requests on the wire, and an id that can never exist answered 404 (``NotFound``,
+    not retried)."""
     async with Proxy(shared.port) as proxy:
         client = sdk(shared, proxy.url, **FAST)
-        try:
-            presence = await client("presence", "alice", "bob@example.com")
-        except NotFound as exc:  # a server without presence: 404 for an unknown path
-            assert (exc.status, exc.code) == (404, "not_found") and exc.message
-        else:
-            assert set(presence) == {"alice", "bob@example.com"} and not presence["alice"].online
+        presence = await client("presence", "alice", "bob@example.com")
+        assert set(presence) == {"alice", "bob@example.com"}
         with pytest.raises(NotFound) as status:
             await client("status", 2**62)
     assert proxy.requests == ["GET /presence?user=alice&user=bob%40example.com HTTP/1.1",
@@ -346,6 +341,44 @@ async def test_presence_and_status_requests(shared: ServerProcess, sdk: Callable
     assert proxy.statuses[1] == 404 and len(proxy.statuses) == 2  # not retried
     assert isinstance(status.value, SSENotifyError)
     assert (status.value.status, status.value.code) == (404, "not_found") and status.value.message
+
+
+async def test_presence_follows_a_users_streams(shared: ServerProcess, sdk: Callable[..., SDK]) -> None:
+    client = sdk(shared)
+    user = uid()
+    assert await client("presence", user) == {user: Presence(online=False, streams=0, last_seen=None)}
+    async with open_sse(shared, shared.token(user)), open_sse(shared, shared.token(user)):
+        assert await poll(lambda: _presence_is(client, user, online=True, streams=2))
+    assert await poll(lambda: _presence_is(client, user, online=False, streams=0))
+    [seen] = (await client("presence", user)).values()
+    assert seen.last_seen is not None and abs(seen.last_seen.timestamp() - time.time()) < 30
+
+
+async def _presence_is(client: SDK, user: str, **expected: object) -> bool:
+    [answer] = (await client("presence", user)).values()
+    return all(getattr(answer, name) == value for name, value in expected.items())
+
+
+async def test_status_follows_delivery_and_read(shared: ServerProcess, sdk: Callable[..., SDK]) -> None:
+    client = sdk(shared)
+    user = uid()
+    [nid] = await client("publish", user=user, title="did they see it?")
+    status = await client("status", nid)
+    assert status == NotificationStatus(nid, False, {user: Receipt(None, None)})
+    token = shared.token(user)
+    async with open_sse(shared, token, query=f"last_event_id={nid - 1}") as stream:  # replayed
+        assert [n["id"] for n in await stream.notifications(1)] == [nid]
+        assert await poll(lambda: _receipt_set(client, nid, user, "delivered_at"))
+        async with shared.client() as c:
+            resp = await c.post(f"/notifications/{nid}/read", headers={"Authorization": f"Bearer {token}"})
+        assert resp.status_code == 204, resp.text
+        assert await poll(lambda: _receipt_set(client, nid, user, "read_at"))
+    [broadcast] = await client("publish", broadcast=True, title="to all")
+    assert await client("status", broadcast) == NotificationStatus(broadcast, True, {}, read=0)
+
+
+async def _receipt_set(client: SDK, nid: int, user: str, field: str) -> bool:
+    return getattr((await client("status", nid)).users[user], field) is not None
 
 
 # -- tokens --------------------------------------------------------------------------
