@@ -1,6 +1,8 @@
 // The demo inbox at "/", and the example to copy: everything live comes through
 // sse-notify.js (connect, on, history, markRead). The publisher half (minting tokens,
 // sending) is plain fetch with a publisher token, which a real app keeps on its backend.
+// The Sent list follows the receipts of what this page published (GET
+// /notifications/<id>/status), polling once a second while any of them is unread.
 // Each message shows beside the control it is about (say(where, ...)), and the words
 // name panels, never positions: the panels stack on a narrow screen.
 import { connect } from "./sse-notify.js";
@@ -137,24 +139,101 @@ function add(n, live) {
 
 // -- the publisher half ----------------------------------------------------------------
 
-async function publisherPost(path, body) {
+/** POST `body` as JSON (or GET, with no body) with the publisher token; errors carry `status`. */
+async function publisherFetch(path, body) {
   const token = $("pub-token").value.trim();
   if (!token) throw new Error("paste a publisher token first");
-  const resp = await fetch(path, {
+  const resp = await fetch(path, body === undefined ? { headers: { Authorization: `Bearer ${token}` } } : {
     method: "POST",
     headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" },
     body: JSON.stringify(body),
   });
-  const data = await resp.json();
-  if (!resp.ok) throw new Error(data.message || `HTTP ${resp.status}`);
+  const data = await resp.json().catch(() => ({})); // a proxy's error page is not JSON
+  if (!resp.ok) throw Object.assign(new Error(data.message || `HTTP ${resp.status}`), { status: resp.status });
   return data;
 }
 
 async function mintAndKeep(forUser) {
-  const { token } = await publisherPost("tokens", { user: forUser, ttl: Number($("mint-ttl").value) || 3600 });
+  const { token } = await publisherFetch("tokens", { user: forUser, ttl: Number($("mint-ttl").value) || 3600 });
   $("token").value = token;
   remember(localStorage, TOKEN_KEY, token);
   return token;
+}
+
+// -- the Sent list: receipts of what this page published ----------------------------------
+
+const SENT_MAX = 5;
+const POLL_MS = 1000;
+const sent = []; // newest first: { id, to, li, done }; done: read, or gone from the server
+let pollTimer = null; // the one pending poll
+let polling = false; // a poll's requests are in flight
+let pollRefused = false; // the publisher token was refused: wait until it is edited
+
+function track(id, to) {
+  const li = $("sent-tpl").content.firstElementChild.cloneNode(true);
+  li.dataset.id = id;
+  li.querySelector(".sent-id").textContent = `#${id}`;
+  li.querySelector(".sent-to").textContent = to;
+  const entry = { id, to, li, done: false };
+  sent.unshift(entry);
+  sent.splice(SENT_MAX).forEach((old) => old.li.remove());
+  $("sent").prepend(li);
+  $("sent-box").hidden = false;
+  showReceipt(entry, null);
+  pollSoon();
+}
+
+/** Show `receipt` ({delivered_at, read_at}, or null for none yet) on the entry. */
+function showReceipt(entry, receipt) {
+  const { delivered_at: delivered = null, read_at: read = null } = receipt ?? {};
+  entry.done = read !== null;
+  entry.li.dataset.state = read ? "read" : delivered ? "delivered" : "sent";
+  const parts = [["delivered", delivered], ["read", read]].filter(([, at]) => at).map(([word, at]) => {
+    const span = document.createElement("span");
+    const time = document.createElement("time");
+    time.dateTime = at;
+    time.textContent = new Date(at).toLocaleTimeString();
+    time.title = new Date(at).toLocaleString();
+    span.append(`${word} `, time);
+    return span;
+  });
+  const state = parts.length ? parts.flatMap((part, i) => (i ? [", ", part] : [part])) : ["sent"];
+  entry.li.querySelector(".sent-state").replaceChildren(...state);
+}
+
+/** Poll in a second if anything is unread and there is a token to ask with; else stop. */
+function pollSoon() {
+  const go = sent.some((e) => !e.done) && $("pub-token").value.trim() !== "" && !pollRefused;
+  $("sent").dataset.polling = String(go);
+  if (!go) {
+    clearTimeout(pollTimer);
+    pollTimer = null;
+  } else if (pollTimer === null && !polling) {
+    pollTimer = setTimeout(poll, POLL_MS);
+  }
+}
+
+async function poll() {
+  pollTimer = null;
+  polling = true;
+  const errors = [];
+  await Promise.all(sent.filter((e) => !e.done).map(async (entry) => {
+    try {
+      const status = await publisherFetch(`notifications/${entry.id}/status`);
+      showReceipt(entry, status.users?.[entry.to] ?? null);
+    } catch (err) {
+      if (err.status === 401) pollRefused = true;
+      if (err.status === 404) { // removed by retention: it will not come back
+        entry.done = true;
+        entry.li.dataset.state = "gone";
+        entry.li.querySelector(".sent-state").textContent = "gone";
+      }
+      errors.push(`#${entry.id}: ${err.message}`);
+    }
+  }));
+  polling = false;
+  say("sent-msg", errors.length ? `Status ${errors.join("; ")}` : "", errors.length > 0);
+  pollSoon();
 }
 
 /** Show `text` in the message line `where`, beside the control it is about. */
@@ -196,6 +275,11 @@ $("pub-token").addEventListener("change", () => {
   remember(sessionStorage, PUBLISHER_KEY, $("pub-token").value.trim() || null);
 });
 
+$("pub-token").addEventListener("input", () => {
+  pollRefused = false; // another token may be accepted
+  pollSoon();
+});
+
 $("mint-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const forUser = $("mint-user").value.trim();
@@ -217,8 +301,9 @@ $("send-form").addEventListener("submit", async (ev) => {
   if ($("send-body").value.trim()) body.body = $("send-body").value.trim();
   if ($("send-topic").value.trim()) body.topic = $("send-topic").value.trim();
   try {
-    const { ids } = await publisherPost("notifications", body);
+    const { ids } = await publisherFetch("notifications", body);
     say("send-msg", `Sent #${ids[0]} to ${to}.`);
+    track(ids[0], to);
   } catch (err) {
     say("send-msg", `Send: ${err.message}`, true);
   }
