@@ -17,7 +17,7 @@ from ..helpers import ServerProcess
 from .support import CHROMIUM, CHROMIUM_ARGS, STATIC
 
 SCREENSHOT = STATIC / "screenshot.png"
-VIEWPORT = {"width": 1280, "height": 800}
+VIEWPORT = {"width": 1280, "height": 900}  # tall enough for the Sent list under Publisher
 
 INBOX = [
     {"title": "Welcome to sse-notify", "body": "Notifications arrive live, and a reconnect replays what you missed.",
@@ -60,6 +60,8 @@ async def main() -> None:
                 browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
                 context = await browser.new_context(viewport=VIEWPORT)
                 page = await stage_demo(context, server)
+                # The Sent list shows its receipt (flushed within a second, polled each second).
+                await page.locator("#sent").get_by_text("delivered").first.wait_for(timeout=10_000)
                 await page.screenshot(path=SCREENSHOT, animations="disabled")
                 await browser.close()
         finally:
