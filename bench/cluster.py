@@ -213,7 +213,7 @@ def report(r: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.cluster", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="a short ladder (~1 min)")
-    p.add_argument("--rate", type=float, default=500.0, help="P3 publishes/s [500]")
+    p.add_argument("--rate", type=float, default=100.0, help="P3 publishes/s [100]")
     p.add_argument("--seconds", type=float, default=8.0, help="P3 duration [8]")
     p.add_argument("--redis", metavar="URL", help="also P3 across nodes with this Redis broker URL")
     p.add_argument("--server-core", type=int, default=0)
