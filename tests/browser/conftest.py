@@ -23,6 +23,7 @@ import pytest_asyncio
 
 from ..helpers import ServerProcess
 from .support import CHROMIUM, CHROMIUM_ARGS, HARNESS, STATIC, ConsoleLog
+from .screenshot import VIEWPORT
 
 HERE = Path(__file__).parent
 
@@ -82,7 +83,7 @@ async def browser() -> AsyncIterator[Any]:
 @pytest_asyncio.fixture(loop_scope="session")
 async def context(browser: Any) -> AsyncIterator[Any]:
     """A fresh profile: its own localStorage, cookies and SharedWorkers."""
-    async with await browser.new_context(viewport={"width": 1280, "height": 800}) as ctx:
+    async with await browser.new_context(viewport=VIEWPORT) as ctx:  # the README screenshot's
         ctx.set_default_timeout(10_000)
         yield ctx
 
