@@ -23,7 +23,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit, urlunsplit
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -239,22 +239,28 @@ def load_secret(data_dir: Path, create: bool = True) -> str:
     """Read ``<data_dir>/secret.key``, creating it (mode 0600) with a fresh secret if absent;
     with ``create=False`` an absent (or empty) file raises :class:`MissingSecret` and
     nothing is created."""
-    path = data_dir / SECRET_FILE
+    return _private_value(data_dir / SECRET_FILE, lambda: secrets.token_urlsafe(48), create)
+
+
+def _private_value(path: Path, make: Callable[[], str], create: bool) -> str:
+    """The stripped contents of ``path``; when absent (or empty) either made with ``make()``
+    and written with mode 0600 -- by exactly one of several racing processes -- or, with
+    ``create=False``, :class:`MissingSecret` and nothing written."""
+    try:
+        value = path.read_text().strip()
+    except (FileNotFoundError, NotADirectoryError):
+        value = ""
+    if value:
+        return value
     if not create:
-        try:
-            secret = path.read_text().strip()
-        except (FileNotFoundError, NotADirectoryError):
-            secret = ""
-        if not secret:
-            raise MissingSecret(path)
-        return secret
-    data_dir.mkdir(parents=True, exist_ok=True)
+        raise MissingSecret(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         return path.read_text().strip()
     with os.fdopen(fd, "w") as fh:
-        fh.write(secrets.token_urlsafe(48) + "\n")
+        fh.write(make() + "\n")
     return path.read_text().strip()
 
 
@@ -293,20 +299,7 @@ def new_webhook_secret() -> str:
 def load_webhook_secret(data_dir: Path, create: bool = True) -> str:
     """``<data_dir>/webhook.key``, made (mode 0600) if absent; with ``create=False`` an
     absent one is :class:`MissingSecret` and nothing is created."""
-    path = data_dir / WEBHOOK_SECRET_FILE
-    try:
-        secret = path.read_text().strip()
-    except (FileNotFoundError, NotADirectoryError):
-        secret = ""
-    if secret or not create:
-        if not secret:
-            raise MissingSecret(path)
-        return secret
-    data_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text().strip()
+    return _private_value(data_dir / WEBHOOK_SECRET_FILE, new_webhook_secret, create)
     with os.fdopen(fd, "w") as fh:
         fh.write(new_webhook_secret() + "\n")
     return path.read_text().strip()
