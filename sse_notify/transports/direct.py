@@ -92,16 +92,13 @@ def _tcp_server(protocol_send: Any) -> Any:
     return server
 
 
-def body_writer(scope: dict[str, Any], send: Callable[..., Any]) -> BodyWriter | None:
-    """A direct writer of body chunks for this response, or None where plain ASGI must be
-    used. Call it after ``http.response.start`` was sent; it answers whether it wrote."""
-    if scope.get("type") != "http" or scope.get("scheme") != "http" or scope.get("http_version") != "1.1":
-        return None
-    if not supported():
-        return None
+def _h11_path(send: Callable[..., Any], stream_type: Any) -> tuple[Any, Any, Any, Any] | None:
+    """From an ASGI ``send`` of Hypercorn's ``stream_type`` (HTTPStream, WSStream) to its
+    stream, its H11Protocol, and the send lock and transport of its plain-TCP server; None
+    where that path is not the one this module was checked against."""
     try:
         stream = getattr(send, "__self__", None)
-        if type(stream) is not HTTPStream or getattr(send, "__func__", None) is not HTTPStream.app_send:
+        if type(stream) is not stream_type or getattr(send, "__func__", None) is not stream_type.app_send:
             return None
         protocol = stream.send.__self__
         if type(protocol) is not H11Protocol:
@@ -109,14 +106,25 @@ def body_writer(scope: dict[str, Any], send: Callable[..., Any]) -> BodyWriter |
         server = _tcp_server(protocol.send)
         if server is None:
             return None
-        transport = server.writer.transport
-        lock = server.send_lock
-        connection = protocol.connection
+        return stream, protocol, server.send_lock, server.writer.transport
     except AttributeError:
         return None
+
+
+def body_writer(scope: dict[str, Any], send: Callable[..., Any]) -> BodyWriter | None:
+    """A direct writer of body chunks for this response, or None where plain ASGI must be
+    used. Call it after ``http.response.start`` was sent; it answers whether it wrote."""
+    if scope.get("type") != "http" or scope.get("scheme") != "http" or scope.get("http_version") != "1.1":
+        return None
+    if not supported():
+        return None
+    path = _h11_path(send, HTTPStream)
+    if path is None:
+        return None
+    stream, protocol, lock, transport = path
+    connection = getattr(protocol, "connection", None)
     if type(connection) is not _H11Connection:
         return None
-
     return _DirectBody(stream, protocol, connection, lock, transport)
 
 
@@ -129,21 +137,10 @@ def frame_writer(scope: dict[str, Any], send: Callable[..., Any]) -> BodyWriter 
         return None
     if not supported():
         return None
-    try:
-        stream = getattr(send, "__self__", None)
-        if type(stream) is not WSStream or getattr(send, "__func__", None) is not WSStream.app_send:
-            return None
-        protocol = stream.send.__self__
-        if type(protocol) is not H11Protocol:
-            return None
-        server = _tcp_server(protocol.send)
-        if server is None:
-            return None
-        transport = server.writer.transport
-        lock = server.send_lock
-    except (AttributeError, ImportError):
+    path = _h11_path(send, WSStream)
+    if path is None:
         return None
-
+    stream, _, lock, transport = path
     return _DirectFrames(stream, lock, transport)
 
 
