@@ -41,6 +41,7 @@ class ServerProcess:
         self.proc: subprocess.Popen[str] | None = None
         self.output: list[str] = []
         self._ready = threading.Event()
+        self._running = False  # the "Running on" line of the current start was seen
         self._reader: threading.Thread | None = None
 
     # -- lifecycle ------------------------------------------------------------------
@@ -50,6 +51,7 @@ class ServerProcess:
         env.update(self.env)
         env["PYTHONUNBUFFERED"] = "1"
         self._ready.clear()
+        self._running = False
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sse_notify", "serve", "--port", str(self.port),
              "--data-dir", str(self.data_dir), *self.args],
@@ -57,7 +59,9 @@ class ServerProcess:
         )
         self._reader = threading.Thread(target=self._read_output, args=(self.proc,), daemon=True)
         self._reader.start()
-        if not self._ready.wait(STARTUP_TIMEOUT) or self.proc.poll() is not None:
+        # Output that ends without "Running on" is a failed start, even if the process has
+        # not been reaped yet when we look.
+        if not self._ready.wait(STARTUP_TIMEOUT) or not self._running or self.proc.poll() is not None:
             self.kill()
             raise RuntimeError("server did not start:\n" + "".join(self.output[-40:]))
         return self
@@ -69,6 +73,7 @@ class ServerProcess:
             match = _RUNNING_RE.search(line)
             if match:
                 self.port = int(match.group(1))
+                self._running = True
                 self._ready.set()
         self._ready.set()  # exited: wake a waiting start()
 
