@@ -17,6 +17,7 @@ from sse_notify.models import Notification, NotificationDraft, now_ms
 from sse_notify.store import HistoryPage, Store, StoreUnavailable, open_store
 from sse_notify.store import pg_batch
 from sse_notify.store import sqlite as sqlite_module
+from sse_notify.store import sqlite_schema
 from sse_notify.store.postgres import PostgresStore
 from sse_notify.store.sqlite import IDEMPOTENCY_WINDOW_MS, SQLiteStore
 
@@ -106,7 +107,7 @@ async def test_ids_strictly_increase_across_batches_and_after_reopen(store: Stor
 async def test_a_version_1_database_is_migrated_on_open(db_path: Path) -> None:
     db_path.parent.mkdir(parents=True)
     old = sqlite3.connect(db_path)
-    old.executescript(sqlite_module._SCHEMA_V1 + "PRAGMA user_version=1;")
+    old.executescript(sqlite_schema._SCHEMA_V1 + "PRAGMA user_version=1;")
     old.execute("INSERT INTO notifications VALUES (7, 'alice', NULL, 't', NULL, 'low', NULL, 1)")
     old.commit()
     old.close()
@@ -117,7 +118,7 @@ async def test_a_version_1_database_is_migrated_on_open(db_path: Path) -> None:
         assert await add_one(store) == 8
         indexes = {row[0] for row in await store._read("SELECT name FROM sqlite_master WHERE type='index'", ())}
         assert {"reads_id", "idempotency_created_at"} <= indexes
-        assert await store._read("PRAGMA user_version", ()) == [(len(sqlite_module._MIGRATIONS),)]
+        assert await store._read("PRAGMA user_version", ()) == [(len(sqlite_schema.MIGRATIONS),)]
     finally:
         await store.close()
 

@@ -13,7 +13,6 @@ look their idempotency keys up, one to take ids from the counter and insert ever
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +23,7 @@ from ..models import Notification, now_ms
 from . import BulkPublishResult, PublishResult
 from .pg_escalations import insert_escalations
 from .pg_schema import PRUNE_LOCK
+from .writer_queue import Job
 
 __all__ = ["COLUMNS", "IDEMPOTENCY_WINDOW_MS", "ORDER", "Job", "KeyTaken", "run_jobs", "visible",
            "row_to_notification"]
@@ -85,7 +85,6 @@ def row_to_notification(row: Sequence[Any]) -> Notification:
                         None if data is None else orjson.loads(data), row[7])
 
 
-Job = tuple[str, tuple[Any, ...], asyncio.Future[Any]]
 ORDER = {"add": 0, "prune": 1, "mark": 2, "mark_all": 2, "probe": 3}  # the lock order
 
 

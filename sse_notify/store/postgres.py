@@ -59,6 +59,7 @@ from .pg_receipts import PostgresReceipts
 from .pg_batch import COLUMNS, ORDER, Job, KeyTaken, row_to_notification, run_jobs, visible
 from .pg_schema import (UNAVAILABLE_ERRORS, connect_pool, is_unavailable, load_keyring, migrate,
                         rotate_keyring, safe_url, unavailable)
+from .writer_queue import WriterQueue, fail_jobs
 
 __all__ = ["PostgresStore"]
 
@@ -67,12 +68,6 @@ log = logging.getLogger(__name__)
 ACQUIRE_TIMEOUT = 3.0  # seconds to get a connection (opening one included)
 PING_TIMEOUT = 2.0
 RESOLVE_TIMEOUT = 3.0  # seconds spent finding out whether a lost COMMIT committed
-
-
-def _fail(jobs: list[Job], error: Exception) -> None:
-    for *_, future in jobs:
-        if not future.done():
-            future.set_exception(error)
 
 
 def _usable(conn: asyncpg.Connection) -> bool:
@@ -90,16 +85,13 @@ class _LostCommit(Exception):
         self.xid, self.committed, self.results = xid, committed, results
 
 
-class PostgresStore(PostgresReceipts, PostgresEscalations):
+class PostgresStore(WriterQueue, PostgresReceipts, PostgresEscalations):
     def __init__(self, url: str):
         self.url = url
         self.on_commit: Callable[[list[Notification]], None] | None = None
         self._pool: asyncpg.Pool | None = None
-        self._jobs: list[Job] = []
-        self._wake = asyncio.Event()
-        self._writer_task: asyncio.Task[None] | None = None
+        self._init_queue()
         self._writer_conn: asyncpg.Connection | None = None
-        self._closing = False
 
     @classmethod
     def from_url(cls, url: str) -> PostgresStore:
@@ -119,17 +111,10 @@ class PostgresStore(PostgresReceipts, PostgresEscalations):
                 raise StoreConfigError(f"cannot set up the PostgreSQL store at {safe_url(self.url)}: "
                                        f"{str(exc).splitlines()[0]}") from None
             raise
-        self._closing = False
-        self._writer_task = asyncio.create_task(self._run_writer(), name="postgres-writer")
+        self._start_writer("postgres-writer")
 
     async def close(self) -> None:
-        self._closing = True
-        if self._writer_task is not None:
-            self._wake.set()
-            await asyncio.wait([self._writer_task])  # finishes the batch in progress, then stops
-            self._writer_task = None
-        _fail(self._jobs, StoreUnavailable("the store is closed"))
-        self._jobs = []
+        await self._stop_writer()
         await self._release_writer_connection(healthy=True)
         await self._close_pool()
 
@@ -161,14 +146,6 @@ class PostgresStore(PostgresReceipts, PostgresEscalations):
 
     # -- writes: queued to the single writer ----------------------------------------------
 
-    def _submit(self, kind: str, *args: Any) -> asyncio.Future[Any]:
-        if self._closing or self._writer_task is None or self._writer_task.done():
-            raise StoreUnavailable("the store is not open")
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._jobs.append((kind, args, future))
-        self._wake.set()
-        return future
-
     async def add(self, drafts: Sequence[NotificationDraft], publisher: str,
                   idempotency_key: str | None = None) -> PublishResult:
         return await self._submit("add", list(drafts), publisher, idempotency_key, None)
@@ -188,26 +165,21 @@ class PostgresStore(PostgresReceipts, PostgresEscalations):
     async def prune(self, older_than_ms: int, limit: int) -> int:
         return await self._submit("prune", older_than_ms, limit)
 
-    async def _run_writer(self) -> None:
-        while not self._closing:
-            await self._wake.wait()
-            self._wake.clear()
-            jobs, self._jobs = self._jobs, []
-            if jobs:
-                await self._commit_batch(sorted(jobs, key=lambda job: ORDER[job[0]]))
+    def _ordered(self, jobs: list[Job]) -> list[Job]:
+        return sorted(jobs, key=lambda job: ORDER[job[0]])  # the lock order (pg_batch.py)
 
     async def _commit_batch(self, jobs: list[Job]) -> None:
         try:
             committed, results = await self._transaction(jobs)
         except asyncio.CancelledError:
-            _fail(jobs, StoreUnavailable("the store is closing"))
+            fail_jobs(jobs, StoreUnavailable("the store is closing"))
             raise
         except _LostCommit as lost:
             log.error("PostgreSQL connection lost during COMMIT: %s", lost)
             outcome = await self._committed(lost.xid)
             if outcome is not True:
                 what = "did not commit" if outcome is False else "may or may not have committed"
-                _fail(jobs, StoreUnavailable(f"PostgreSQL: the connection was lost; the batch {what}"))
+                fail_jobs(jobs, StoreUnavailable(f"PostgreSQL: the connection was lost; the batch {what}"))
                 return
             committed, results = lost.committed, lost.results
         except Exception as exc:
@@ -219,7 +191,7 @@ class PostgresStore(PostgresReceipts, PostgresEscalations):
                 return
             error = unavailable(exc)
             log.error("write failed: %s", error)
-            _fail(jobs, error)
+            fail_jobs(jobs, error)
             return
         if committed and self.on_commit is not None:
             try:

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import shutil
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -46,9 +45,12 @@ import aiosqlite
 import orjson
 
 from ..models import Notification, NotificationDraft, now_ms
-from . import BulkPublishResult, HistoryPage, PublishResult, StoreUnavailable
-from .sqlite_escalations import ESCALATIONS_V4, INSERT_ESCALATIONS, SQLiteEscalations
-from .sqlite_receipts import RECEIPTS_V3, SQLiteReceipts
+from . import BulkPublishResult, PublishResult, StoreUnavailable
+from .sqlite_escalations import INSERT_ESCALATIONS, SQLiteEscalations
+from .sqlite_reads import SQLiteReads
+from .sqlite_receipts import SQLiteReceipts
+from .sqlite_schema import COLUMNS, connect_to, identity, migrate, visible
+from .writer_queue import Job, WriterQueue, fail_jobs
 
 __all__ = ["SQLiteStore"]
 
@@ -64,66 +66,6 @@ MIN_FREE_BYTES = 1 << 20
 class _FileGone(sqlite3.OperationalError):
     """The database file was removed or replaced under the open connections."""
 
-_SCHEMA_V1 = """
-CREATE TABLE notifications (
-    id         INTEGER PRIMARY KEY,
-    user       TEXT,               -- NULL: broadcast
-    topic      TEXT,
-    title      TEXT NOT NULL,
-    body       TEXT,
-    priority   TEXT NOT NULL,
-    data       TEXT,               -- JSON object or NULL
-    created_at INTEGER NOT NULL    -- epoch ms
-);
-CREATE INDEX notifications_user_id ON notifications (user, id);
-CREATE TABLE reads (
-    user TEXT NOT NULL,
-    id   INTEGER NOT NULL,
-    PRIMARY KEY (user, id)
-) WITHOUT ROWID;
-CREATE TABLE idempotency (
-    publisher  TEXT NOT NULL,
-    key        TEXT NOT NULL,
-    ids        TEXT NOT NULL,      -- JSON list
-    created_at INTEGER NOT NULL,
-    PRIMARY KEY (publisher, key)
-) WITHOUT ROWID;
-CREATE TABLE meta (
-    key   TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
-) WITHOUT ROWID;
-"""
-# Retention deletes by id range from reads and by age from idempotency.
-_INDEXES_V2 = """
-CREATE INDEX reads_id ON reads (id);
-CREATE INDEX idempotency_created_at ON idempotency (created_at);
-"""
-_MIGRATIONS = [_SCHEMA_V1, _INDEXES_V2, RECEIPTS_V3, ESCALATIONS_V4]
-
-_COLUMNS = "id, user, topic, title, body, priority, data, created_at"
-
-
-def _row_to_notification(row: Sequence[Any]) -> Notification:
-    data = row[6]
-    return Notification(row[0], row[1], row[2], row[3], row[4], row[5],
-                        None if data is None else orjson.loads(data), row[7])
-
-
-def _visible(where: str = "") -> str:
-    """The notifications one user can see (own + broadcast), as a UNION of two index
-    range scans; the user is bound twice, and so is every parameter in ``where``."""
-    return (f"SELECT {_COLUMNS} FROM notifications WHERE user = :user {where} "
-            f"UNION ALL SELECT {_COLUMNS} FROM notifications WHERE user IS NULL {where}")
-
-
-_Job = tuple[str, tuple[Any, ...], "asyncio.Future[Any]"]
-
-
-def _fail(jobs: list[_Job], error: Exception) -> None:
-    for *_, future in jobs:
-        if not future.done():
-            future.set_exception(error)
-
 
 def _repeat(stored: list[Any], bulk: bool) -> PublishResult | BulkPublishResult:
     """The answer to a repeated idempotency key. The key's row holds the first publish's
@@ -132,21 +74,6 @@ def _repeat(stored: list[Any], bulk: bool) -> PublishResult | BulkPublishResult:
     if bulk:
         return BulkPublishResult(groups, created=False)
     return PublishResult([id for ids in groups for id in ids], created=False)
-
-
-def _identity(path: Path) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:  # gone, or a parent is no longer a directory
-        return None
-    return st.st_dev, st.st_ino
-
-
-async def _connect_to(path: Path) -> aiosqlite.Connection:
-    db = await aiosqlite.connect(path, isolation_level=None)
-    for pragma in ("journal_mode=WAL", "synchronous=FULL", "busy_timeout=5000"):
-        await db.execute(f"PRAGMA {pragma}")
-    return db
 
 
 class _Inserts:
@@ -161,7 +88,7 @@ class _Inserts:
 
     async def flush(self, db: aiosqlite.Connection) -> None:
         if self.notifications:
-            await db.executemany(f"INSERT INTO notifications ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)",
+            await db.executemany(f"INSERT INTO notifications ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?)",
                                  self.notifications)
             self.notifications = []
         if self.keys:
@@ -173,17 +100,14 @@ class _Inserts:
             self.escalations = []
 
 
-class SQLiteStore(SQLiteReceipts, SQLiteEscalations):
+class SQLiteStore(WriterQueue, SQLiteReads, SQLiteReceipts, SQLiteEscalations):
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.on_commit: Callable[[list[Notification]], None] | None = None
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._identity: tuple[int, int] | None = None  # of the file the connections use
-        self._jobs: list[_Job] = []
-        self._wake = asyncio.Event()
-        self._writer_task: asyncio.Task[None] | None = None
-        self._closing = False
+        self._init_queue()
         self._last_id = 0
         self._last_created = 0
         self._pruned_through = 0
@@ -202,17 +126,16 @@ class SQLiteStore(SQLiteReceipts, SQLiteEscalations):
 
     async def open(self) -> None:
         await self._connect()
-        self._closing = False
-        self._writer_task = asyncio.create_task(self._run_writer(), name="sqlite-writer")
+        self._start_writer("sqlite-writer")
 
     async def _connect(self) -> None:
         """Open both connections, or (on failure) neither."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._writer = await _connect_to(self.path)
-            self._identity = _identity(self.path)
-            self._last_id, self._pruned_through = await self._migrate(self._writer, self._last_id)
-            self._reader = await _connect_to(self.path)
+            self._writer = await connect_to(self.path)
+            self._identity = identity(self.path)
+            self._last_id, self._pruned_through = await migrate(self._writer, self._last_id)
+            self._reader = await connect_to(self.path)
         except BaseException:
             await self._disconnect()
             raise
@@ -235,33 +158,8 @@ class SQLiteStore(SQLiteReceipts, SQLiteEscalations):
         log.error("reopened %s; notifications up to id %d are no longer stored",
                   self.path, self._pruned_through)
 
-    @staticmethod
-    async def _migrate(db: aiosqlite.Connection, issued: int) -> tuple[int, int]:
-        """Bring the schema up to date; returns ``(highest id ever issued, pruned through)``.
-
-        ``issued`` is the highest id this process already handed out: when the file holds
-        less (it was replaced or recreated), those ids are recorded as gone.
-        """
-        [(version,)] = await db.execute_fetchall("PRAGMA user_version")
-        for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
-            await db.executescript(f"BEGIN IMMEDIATE; {script} PRAGMA user_version={number}; COMMIT;")
-        [(max_id,)] = await db.execute_fetchall("SELECT coalesce(max(id), 0) FROM notifications")
-        rows = await db.execute_fetchall("SELECT value FROM meta WHERE key='pruned_through'")
-        pruned_through = rows[0][0] if rows else 0
-        if issued > max(max_id, pruned_through):
-            pruned_through = issued
-            await db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('pruned_through', ?)",
-                             (pruned_through,))
-        return max(max_id, pruned_through), pruned_through
-
     async def close(self) -> None:
-        self._closing = True
-        if self._writer_task is not None:
-            self._wake.set()
-            await asyncio.wait([self._writer_task])  # finishes the batch in progress, then stops
-            self._writer_task = None
-        _fail(self._jobs, StoreUnavailable("the store is closed"))  # queued, never started
-        self._jobs = []
+        await self._stop_writer()
         await self._disconnect()
 
     async def ping(self) -> None:
@@ -277,14 +175,6 @@ class SQLiteStore(SQLiteReceipts, SQLiteEscalations):
             raise StoreUnavailable(f"the database's disk is full ({free} bytes free)")
 
     # -- writes: queued to the single writer ----------------------------------------------
-
-    def _submit(self, kind: str, *args: Any) -> asyncio.Future[Any]:
-        if self._closing or self._writer_task is None or self._writer_task.done():
-            raise StoreUnavailable("the store is not open")
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._jobs.append((kind, args, future))
-        self._wake.set()
-        return future
 
     async def add(self, drafts: Sequence[NotificationDraft], publisher: str,
                   idempotency_key: str | None = None) -> PublishResult:
@@ -304,22 +194,14 @@ class SQLiteStore(SQLiteReceipts, SQLiteEscalations):
     async def prune(self, older_than_ms: int, limit: int) -> int:
         return await self._submit("prune", older_than_ms, limit)
 
-    async def _run_writer(self) -> None:
-        while not self._closing:
-            await self._wake.wait()
-            self._wake.clear()
-            jobs, self._jobs = self._jobs, []
-            if jobs:
-                await self._commit_batch(jobs)
-
-    async def _commit_batch(self, jobs: list[_Job]) -> None:
+    async def _commit_batch(self, jobs: list[Job]) -> None:
         try:
             if self._writer is None:  # an earlier reopen failed
                 await self._connect()
             assert self._writer is not None
             committed, results = await self._transaction(self._writer, jobs)
         except asyncio.CancelledError:
-            _fail(jobs, StoreUnavailable("the store is closing"))
+            fail_jobs(jobs, StoreUnavailable("the store is closing"))
             raise
         except Exception as exc:
             if len(jobs) > 1 and not isinstance(exc, sqlite3.OperationalError):
@@ -332,7 +214,7 @@ class SQLiteStore(SQLiteReceipts, SQLiteEscalations):
             log.error("storage write failed: %s", exc)
             if isinstance(exc, _FileGone):
                 await self._reopen()  # before answering, so a retry finds the store usable
-            _fail(jobs, StoreUnavailable(str(exc)))
+            fail_jobs(jobs, StoreUnavailable(str(exc)))
             return
         if committed and self.on_commit is not None:
             try:
@@ -344,7 +226,7 @@ class SQLiteStore(SQLiteReceipts, SQLiteEscalations):
                 future.set_result(result)
 
     async def _transaction(self, db: aiosqlite.Connection,
-                           jobs: list[_Job]) -> tuple[list[Notification], list[Any]]:
+                           jobs: list[Job]) -> tuple[list[Notification], list[Any]]:
         """Run ``jobs`` in one transaction; on any failure undo all of it, ids included."""
         saved = self._last_id, self._last_created, self._pruned_through
         committed: list[Notification] = []
@@ -369,7 +251,7 @@ class SQLiteStore(SQLiteReceipts, SQLiteEscalations):
                     results.append(await db.execute(
                         "INSERT OR REPLACE INTO meta (key, value) VALUES ('probed_at', ?)", (now_ms(),)))
             await inserts.flush(db)
-            if _identity(self.path) != self._identity:
+            if identity(self.path) != self._identity:
                 raise _FileGone(f"the database file {self.path} was removed or replaced")
             await db.execute("COMMIT")
         except Exception:
@@ -434,7 +316,7 @@ class SQLiteStore(SQLiteReceipts, SQLiteEscalations):
     async def _do_mark_all(db: aiosqlite.Connection, user: str) -> list[int]:
         return sorted(row[0] for row in await db.execute_fetchall(
             "INSERT OR IGNORE INTO reads (user, id, read_at) SELECT :user, id, :now FROM ("
-            + _visible() + ") RETURNING id",
+            + visible() + ") RETURNING id",
             {"user": user, "now": now_ms()}))
 
     async def _do_prune(self, db: aiosqlite.Connection, older_than_ms: int, limit: int) -> int:
@@ -455,71 +337,3 @@ class SQLiteStore(SQLiteReceipts, SQLiteEscalations):
         await db.execute("DELETE FROM idempotency WHERE created_at <= ?",
                          (now_ms() - IDEMPOTENCY_WINDOW_MS,))
         return removed
-
-    # -- reads: their own connection ------------------------------------------------------
-
-    async def _read(self, sql: str, params: Any) -> list[Any]:
-        reader = self._reader
-        if reader is None:
-            raise StoreUnavailable("the store is not open")
-        try:
-            # One call, run to completion in the connection's thread. With execute() then
-            # fetchall(), a caller cancelled in between (a client dropping mid-replay) would
-            # leave a stepped statement open, pinning this connection to an old snapshot:
-            # every later read would miss newer commits.
-            return list(await reader.execute_fetchall(sql, params))
-        except (sqlite3.Error, ValueError) as exc:  # ValueError: the connection was closed
-            raise StoreUnavailable(str(exc)) from exc
-
-    async def state(self, user: str) -> tuple[int, int, int]:
-        rows = await self._read(
-            "SELECT coalesce(max(id), 0), coalesce(sum(NOT EXISTS ("
-            "  SELECT 1 FROM reads r WHERE r.user = :user AND r.id = v.id)), 0) "
-            "FROM (" + _visible() + ") v",
-            {"user": user},
-        )
-        newest, unread = rows[0]
-        return newest, unread, self._pruned_through
-
-    async def max_id(self) -> int:
-        return self._last_id
-
-    async def replay(self, user: str, after_id: int, topics: frozenset[str] | None,
-                     limit: int) -> list[Notification]:
-        params: dict[str, Any] = {"user": user, "after": after_id, "limit": limit}
-        where = "AND id > :after"
-        if topics is not None:
-            names = sorted(topics)
-            params.update({f"t{i}": t for i, t in enumerate(names)})
-            where += " AND topic IN (" + ",".join(f":t{i}" for i in range(len(names))) + ")"
-        rows = await self._read(
-            "SELECT * FROM (" + _visible(where) + ") ORDER BY id LIMIT :limit", params)
-        return [_row_to_notification(row) for row in rows]
-
-    async def since(self, after_id: int, limit: int) -> list[Notification]:
-        rows = await self._read(f"SELECT {_COLUMNS} FROM notifications WHERE id > ? ORDER BY id LIMIT ?",
-                                (after_id, limit))
-        return [_row_to_notification(row) for row in rows]
-
-    async def history(self, user: str, limit: int, before: int | None,
-                      unread: bool | None) -> HistoryPage:
-        params: dict[str, Any] = {"user": user, "limit": limit + 1}
-        where = ""
-        if before is not None:
-            where = "AND id < :before"
-            params["before"] = before
-        filter_ = {None: "", True: "WHERE r.id IS NULL", False: "WHERE r.id IS NOT NULL"}[unread]
-        rows = await self._read(
-            f"SELECT v.*, r.id IS NOT NULL FROM ({_visible(where)}) v "
-            f"LEFT JOIN reads r ON r.user = :user AND r.id = v.id {filter_} "
-            f"ORDER BY v.id DESC LIMIT :limit",
-            params,
-        )
-        items = [(_row_to_notification(row), bool(row[8])) for row in rows[:limit]]
-        next_before = items[-1][0].id if len(rows) > limit else None
-        return HistoryPage(items, next_before)
-
-    async def is_visible(self, user: str, id: int) -> bool:
-        rows = await self._read(
-            "SELECT 1 FROM notifications WHERE id = ? AND (user = ? OR user IS NULL)", (id, user))
-        return bool(rows)
