@@ -213,3 +213,43 @@ def test_keepalive() -> None:
     assert KEEPALIVE.sse == b": keepalive\n\n"
     assert KEEPALIVE.id is None
     assert json.loads(KEEPALIVE.ws) == {"type": "keepalive"}
+
+
+# -- replayed: a replay page encoded from stored rows --------------------------------
+
+@pytest.mark.parametrize("notification", [
+    _notification(),
+    _notification(user=None, topic="news", body=None, data=None, priority="low"),
+    _notification(title="line\nbreak \"quoted\" \\ tab\t", body="sep\u2028par\u2029nel\u0085 é ✓ 🎉",
+                  data={"nested": {"list": [1, 2.5, None, True], "text": "a\u2028b"}, "z": -1}),
+    _notification(created_at=CREATED + 999),
+])
+def test_replayed_rows_encode_as_the_notification_would(notification: Notification) -> None:
+    import orjson
+
+    row = (notification.id, notification.user, notification.topic, notification.title, notification.body,
+           notification.priority, None if notification.data is None else orjson.dumps(notification.data).decode(),
+           notification.created_at)
+    [event] = wire.replayed([row])
+    expected = Outbound.notification(notification)
+    assert event.sse == expected.sse
+    assert event.ws == expected.ws and event.ws_wire == expected.ws_wire
+    assert (event.id, event.topic, event.user) == (expected.id, expected.topic, expected.user)
+    assert b"\xe2\x80\xa8" not in event.sse  # escaped, as every stream payload
+
+
+def test_replayed_renders_each_row_s_own_creation_time() -> None:
+    rows = [(i, "alice", None, "t", None, "low", None, CREATED + i // 2) for i in range(1, 6)]
+    times = [json.loads(e.sse.split(b"data: ", 1)[1])["created_at"] for e in wire.replayed(rows)]
+    assert times == ["2025-11-25T10:00:00.123Z", "2025-11-25T10:00:00.124Z", "2025-11-25T10:00:00.124Z",
+                     "2025-11-25T10:00:00.125Z", "2025-11-25T10:00:00.125Z"]
+
+
+def test_replayed_renders_times_across_seconds_and_days() -> None:
+    from sse_notify.models import iso_ms
+
+    times = [CREATED, CREATED + 876, CREATED + 877, 1764115199999, 1764115200000, 1764115200001]
+    rows = [(i, "alice", None, "t", None, "low", None, t) for i, t in enumerate(times, 1)]
+    got = [json.loads(e.sse.split(b"data: ", 1)[1])["created_at"] for e in wire.replayed(rows)]
+    assert got == [iso_ms(t) for t in times]
+    assert got[3:5] == ["2025-11-25T23:59:59.999Z", "2025-11-26T00:00:00.000Z"]

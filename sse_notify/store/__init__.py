@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from ..config import Keyring, Settings
 from ..models import Notification, NotificationDraft
@@ -91,6 +91,12 @@ class Store(Protocol):
     async def replay(self, user: str, after_id: int, topics: frozenset[str] | None,
                      limit: int) -> list[Notification]:
         """Visible notifications with ``id > after_id``, oldest first, at most ``limit``."""
+        ...
+
+    async def replay_rows(self, user: str, after_id: int, topics: frozenset[str] | None,
+                          limit: int) -> Sequence[Sequence[Any]]:
+        """:meth:`replay` as the stored rows, shaped for :func:`~sse_notify.wire.replayed`:
+        ``(id, user, topic, title, body, priority, data as JSON text or None, created_at)``."""
         ...
 
     async def since(self, after_id: int, limit: int) -> list[Notification]:

@@ -319,12 +319,14 @@ class PostgresStore(WriterQueue, PostgresReceipts, PostgresEscalations):
 
     async def replay(self, user: str, after_id: int, topics: frozenset[str] | None,
                      limit: int) -> list[Notification]:
+        return [row_to_notification(row) for row in await self.replay_rows(user, after_id, topics, limit)]
+
+    async def replay_rows(self, user: str, after_id: int, topics: frozenset[str] | None,
+                          limit: int) -> list[asyncpg.Record]:
         if topics is None:
-            rows = await self._read(f"{visible('AND id > $2')} ORDER BY id LIMIT $3", user, after_id, limit)
-        else:
-            rows = await self._read(f"{visible('AND id > $2 AND topic = ANY($4::text[])')} "
-                                    "ORDER BY id LIMIT $3", user, after_id, limit, sorted(topics))
-        return [row_to_notification(row) for row in rows]
+            return await self._read(f"{visible('AND id > $2')} ORDER BY id LIMIT $3", user, after_id, limit)
+        return await self._read(f"{visible('AND id > $2 AND topic = ANY($4::text[])')} "
+                                "ORDER BY id LIMIT $3", user, after_id, limit, sorted(topics))
 
     async def since(self, after_id: int, limit: int) -> list[Notification]:
         rows = await self._read(f"SELECT {COLUMNS} FROM notifications WHERE id > $1 ORDER BY id LIMIT $2",

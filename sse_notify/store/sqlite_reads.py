@@ -62,15 +62,17 @@ class SQLiteReads:
 
     async def replay(self, user: str, after_id: int, topics: frozenset[str] | None,
                      limit: int) -> list[Notification]:
+        return [row_to_notification(row) for row in await self.replay_rows(user, after_id, topics, limit)]
+
+    async def replay_rows(self, user: str, after_id: int, topics: frozenset[str] | None,
+                          limit: int) -> list[tuple[Any, ...]]:
         params: dict[str, Any] = {"user": user, "after": after_id, "limit": limit}
         where = "AND id > :after"
         if topics is not None:
             names = sorted(topics)
             params.update({f"t{i}": t for i, t in enumerate(names)})
             where += " AND topic IN (" + ",".join(f":t{i}" for i in range(len(names))) + ")"
-        rows = await self._read(
-            "SELECT * FROM (" + visible(where) + ") ORDER BY id LIMIT :limit", params)
-        return [row_to_notification(row) for row in rows]
+        return await self._read("SELECT * FROM (" + visible(where) + ") ORDER BY id LIMIT :limit", params)
 
     async def since(self, after_id: int, limit: int) -> list[Notification]:
         rows = await self._read(f"SELECT {COLUMNS} FROM notifications WHERE id > ? ORDER BY id LIMIT ?",
