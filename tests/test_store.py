@@ -450,6 +450,37 @@ async def test_state_counts_own_and_broadcast(store: Store) -> None:
     assert await store.state("alice") == (3, 1, 0)
 
 
+async def _state_from_history(store: Store, user: str) -> tuple[int, int]:
+    """(newest, unread) as the history endpoint's reads see them: the reference."""
+    page = await store.history(user, 10_000, None, None)
+    return (page.items[0][0].id if page.items else 0), sum(not read for _, read in page.items)
+
+
+async def test_concurrent_state_reads_answer_each_user_even_while_a_write_commits(store: Store) -> None:
+    for user in ["alice", "bob", None, "alice", "bob", None, "bob", "erin"]:
+        await add_one(store, user)
+    await store.mark_read("alice", [1, 3, 2])  # 2 is bob's: not alice's to mark
+    await store.mark_all_read("bob")
+    await store.mark_read("carol", [6])
+    users = ["alice", "bob", "carol", "dave", "alice", "erin", "bob"] * 3
+    before = {u: await _state_from_history(store, u) for u in set(users)}
+    assert before == {"alice": (6, 2), "bob": (7, 0), "carol": (6, 1), "dave": (6, 2), "erin": (8, 3)}
+    answers = await asyncio.gather(*(store.state(u) for u in users[:7]), add_one(store, "dave"),
+                                   *(store.state(u) for u in users[7:]))
+    new_id = answers.pop(7)
+    after = {u: await _state_from_history(store, u) for u in set(users)}
+    assert after["dave"] == (new_id, 3) and all(after[u] == before[u] for u in after if u != "dave")
+    for user, (newest, unread, pruned) in zip(users, answers):
+        assert (newest, unread) in (before[user], after[user]), user
+        assert pruned == 0
+    assert await store.state("dave") == (new_id, 3, 0)
+    # A caller that goes away leaves the others answered.
+    gone = asyncio.ensure_future(store.state("alice"))
+    kept = asyncio.ensure_future(store.state("alice"))
+    gone.cancel()
+    assert await kept == (6, 2, 0)
+
+
 async def test_mark_read_returns_only_changed_visible_ids(store: Store) -> None:
     for user in ["alice", "bob", None]:
         await add_one(store, user)
@@ -597,3 +628,31 @@ async def test_since_is_the_whole_log_after_an_id(store: Store) -> None:
     assert [n.id for n in await store.since(a, 1)] == [b]
     assert [n.user for n in await store.since(a, 100)] == [None, "bob"]
     assert await store.since(c, 100) == []
+
+
+async def test_reads_asked_together_are_one_fetch_and_later_ones_the_next() -> None:
+    from sse_notify.store.coalesce import Coalescer
+
+    calls: list[list[str]] = []
+    release = asyncio.Event()
+
+    async def fetch(keys: list[str]) -> list[str]:
+        calls.append(list(keys))
+        await release.wait()
+        if "bad" in keys:
+            raise StoreUnavailable("down")
+        return [k.upper() for k in keys]
+
+    reads = Coalescer(fetch)
+    first = [reads.get(k) for k in ["a", "b", "a"]]
+    await asyncio.sleep(0)  # the fetch starts with what was asked so far
+    second = [reads.get(k) for k in ["c", "a"]]  # asked during it: the next fetch, not this one
+    release.set()
+    assert await asyncio.gather(*first, *second) == ["A", "B", "A", "C", "A"]
+    assert calls == [["a", "b"], ["c", "a"]]
+    failed, fine = reads.get("bad"), reads.get("x")
+    with pytest.raises(StoreUnavailable):
+        await failed
+    with pytest.raises(StoreUnavailable):  # asked in the same query: the same answer
+        await fine
+    assert await reads.get("y") == "Y"  # and the next one works

@@ -54,6 +54,7 @@ import asyncpg
 from ..config import Keyring
 from ..models import MAX_ID, Notification, NotificationDraft
 from . import BulkPublishResult, HistoryPage, PublishResult, StoreConfigError, StoreUnavailable
+from .coalesce import Coalescer
 from .pg_escalations import PostgresEscalations
 from .pg_receipts import PostgresReceipts
 from .pg_batch import COLUMNS, ORDER, Job, KeyTaken, row_to_notification, run_jobs, visible
@@ -92,6 +93,7 @@ class PostgresStore(WriterQueue, PostgresReceipts, PostgresEscalations):
         self._pool: asyncpg.Pool | None = None
         self._init_queue()
         self._writer_conn: asyncpg.Connection | None = None
+        self._states: Coalescer[tuple[int, int, int]] | None = None  # made on first use
 
     @classmethod
     def from_url(cls, url: str) -> PostgresStore:
@@ -307,11 +309,19 @@ class PostgresStore(WriterQueue, PostgresReceipts, PostgresEscalations):
             return await conn.fetch(sql, *args)
 
     async def state(self, user: str) -> tuple[int, int, int]:
-        [row] = await self._read(
-            "SELECT coalesce(max(v.id), 0), count(*) FILTER (WHERE NOT EXISTS ("
-            "  SELECT 1 FROM reads r WHERE r.user_id = $1 AND r.id = v.id)), "
-            f"(SELECT pruned_through FROM counter) FROM ({visible()}) v", user)
-        return row[0], row[1], row[2]
+        """Coalesced: the users asking together are read in one statement (coalesce.py)."""
+        if self._states is None:
+            self._states = Coalescer(self._read_states)
+        return await self._states.get(user)
+
+    async def _read_states(self, users: Sequence[str]) -> list[tuple[int, int, int]]:
+        rows = await self._read(
+            "SELECT s.newest, s.unread, (SELECT pruned_through FROM counter) "
+            "FROM unnest($1::text[]) WITH ORDINALITY AS u(name, i) CROSS JOIN LATERAL ("
+            "  SELECT coalesce(max(v.id), 0) AS newest, count(*) FILTER (WHERE NOT EXISTS ("
+            "    SELECT 1 FROM reads r WHERE r.user_id = u.name AND r.id = v.id)) AS unread "
+            f"  FROM ({visible().replace('$1', 'u.name')}) v) s ORDER BY u.i", list(users))
+        return [(row[0], row[1], row[2]) for row in rows]
 
     async def max_id(self) -> int:
         [row] = await self._read("SELECT last FROM counter")

@@ -15,6 +15,7 @@ import orjson
 
 from ..models import Notification
 from . import HistoryPage, StoreUnavailable
+from .coalesce import Coalescer
 from .sqlite_schema import COLUMNS, visible
 
 __all__ = ["SQLiteReads", "row_to_notification"]
@@ -33,6 +34,7 @@ class SQLiteReads:
     _reader: aiosqlite.Connection | None
     _last_id: int
     _pruned_through: int
+    _states: Coalescer[tuple[int, int]] | None = None  # made on first use
 
     async def _read(self, sql: str, params: Any) -> list[Any]:
         reader = self._reader
@@ -48,14 +50,27 @@ class SQLiteReads:
             raise StoreUnavailable(str(exc)) from exc
 
     async def state(self, user: str) -> tuple[int, int, int]:
-        rows = await self._read(
-            "SELECT coalesce(max(id), 0), coalesce(sum(NOT EXISTS ("
-            "  SELECT 1 FROM reads r WHERE r.user = :user AND r.id = v.id)), 0) "
-            "FROM (" + visible() + ") v",
-            {"user": user},
-        )
-        newest, unread = rows[0]
+        """Coalesced: the users asking together are read in one statement (coalesce.py)."""
+        if self._states is None:
+            self._states = Coalescer(self._read_states)
+        newest, unread = await self._states.get(user)
         return newest, unread, self._pruned_through
+
+    async def _read_states(self, users: Sequence[str]) -> list[tuple[int, int]]:
+        """``(newest visible id, unread)`` of each user, in one statement. Unread is the
+        visible count less the user's reads: both stores mark only what the user can see,
+        and pruning removes a notification's reads with it, so a user's reads are all of
+        visible notifications. Index range counts, not a lookup in ``reads`` per row."""
+        values = ",".join(f"({i},?)" for i in range(len(users)))
+        rows = await self._read(
+            f"WITH u(i, name) AS (VALUES {values}) SELECT "
+            "max(coalesce((SELECT max(id) FROM notifications WHERE user = u.name), 0), "
+            "    (SELECT coalesce(max(id), 0) FROM notifications WHERE user IS NULL)), "
+            "(SELECT count(*) FROM notifications WHERE user = u.name) "
+            "  + (SELECT count(*) FROM notifications WHERE user IS NULL) "
+            "  - (SELECT count(*) FROM reads WHERE user = u.name) "
+            "FROM u ORDER BY i", tuple(users))
+        return [(newest, unread) for newest, unread in rows]
 
     async def max_id(self) -> int:
         return self._last_id
