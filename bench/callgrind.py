@@ -3,13 +3,18 @@ shared machine (``bench/PROFILE.md``).
 
     .venv/bin/python -m bench.callgrind [--transport sse|ws] [--streams 200] [--broadcasts 20]
     .venv/bin/python -m bench.callgrind --workload open [--streams 200]
+    .venv/bin/python -m bench.callgrind --workload publish|bulk [--streams 200] [--posts N]
 
 Starts ``sse-notify serve`` under ``valgrind --tool=callgrind --instr-atstart=no``, opens
 the streams (each waits for its ``hello``), switches collection on, publishes the
 broadcasts one after another (each waits until every stream has it), switches it off and
 prints the instructions per delivery (publishing included, spread over the deliveries)
 and the callgrind output file for ``callgrind_annotate``. With ``--workload open`` it
-counts the opening of the streams instead (16 at a time, each up to its ``hello``).
+counts the opening of the streams instead (16 at a time, each up to its ``hello``). With
+``--workload publish`` (S3's shape) or ``bulk`` (S6's: arrays of 100) it counts durable
+targeted publishes: one stream per user, ``--posts`` POSTs one after another (each waits
+for its 201, so each is its own commit), every notification to the next user in turn, and
+prints the instructions per notification, its delivery to its one stream included.
 """
 
 from __future__ import annotations
@@ -76,6 +81,10 @@ async def measure(transport: str, streams: int, broadcasts: int, out: Path,
                 broadcasts = 0
             opened += warm
             pub = await Publisher(server.port, signer.publisher("cg"), connections=1).open()
+            if workload in ("publish", "bulk"):
+                per_post = 1 if workload == "publish" else BULK
+                await _publish(server.pid, pub, sink, users, per_post, broadcasts)
+                broadcasts = broadcasts * per_post  # notifications
             body = b'{"broadcast":true,"title":"bench","data":{"ts":%.6f}}'
             if workload == "broadcast":
                 n = streams + 1
@@ -96,8 +105,39 @@ async def measure(transport: str, streams: int, broadcasts: int, out: Path,
             server.stop(timeout=60)
     dumps = sorted(out.parent.glob(out.name + "*"), key=lambda p: p.stat().st_mtime)
     total = sum(_instructions(p) for p in dumps if re.search(r"\.\d+$", p.name)) or _instructions(dumps[-1])
-    count = streams * broadcasts if workload == "broadcast" else streams
+    count = {"broadcast": streams * broadcasts, "open": streams}.get(workload, broadcasts)
     return {"instructions": total, "count": count, "per_op": total / count}
+
+
+BULK = 100  # notifications per POST in --workload bulk, as in S6
+
+
+async def _publish(pid: int, pub: Publisher, sink: Sink, users: list[str], per_post: int, posts: int) -> None:
+    """``posts`` POSTs of ``per_post`` targeted notifications, the next user each, one
+    POST at a time; collection covers them and their deliveries."""
+    heads = [b'{"user":"%s","title":"bench","data":{"ts":' % u.encode() for u in users]
+    turn = 0
+
+    def body() -> bytes:
+        nonlocal turn
+        parts = []
+        for _ in range(per_post):
+            parts.append(heads[turn % len(heads)] + b"%.6f}}" % time.time())
+            turn += 1
+        return parts[0] if per_post == 1 else b"[" + b",".join(parts) + b"]"
+
+    base = sink.delivered
+    status, _ = await pub.post(body())  # warm: first-use costs are not counted
+    assert status == 201, status
+    await _wait(sink, base + per_post, 120)
+    _control(pid, "-z")
+    _control(pid, "-i", "on")
+    for _ in range(posts):
+        status, _ = await pub.post(body())
+        assert status == 201, status
+    await _wait(sink, base + per_post * (posts + 1), 300)
+    _control(pid, "-i", "off")
+    _control(pid, "-d")
 
 
 async def _wait(sink: Sink, want: int, timeout: float) -> None:
@@ -113,18 +153,26 @@ def main() -> int:
     p.add_argument("--transport", choices=("sse", "ws"), default="sse")
     p.add_argument("--streams", type=int, default=200)
     p.add_argument("--broadcasts", type=int, default=20)
-    p.add_argument("--workload", choices=("broadcast", "open"), default="broadcast",
-                   help="count the broadcasts' deliveries, or the opening of the streams (up to hello)")
+    p.add_argument("--posts", type=int, default=None,
+                   help="POSTs for --workload publish|bulk (default 400 and 20)")
+    p.add_argument("--workload", choices=("broadcast", "open", "publish", "bulk"), default="broadcast",
+                   help="count the broadcasts' deliveries, the opening of the streams (up to hello), or "
+                        "targeted publishes one (publish) or 100 (bulk) per POST, their delivery included")
     p.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "sse-notify.callgrind")
     args = p.parse_args()
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise SystemExit("needs valgrind (callgrind, callgrind_control)")
     for old in args.out.parent.glob(args.out.name + "*"):
         old.unlink()
-    r = asyncio.run(measure(args.transport, args.streams, args.broadcasts, args.out, args.workload))
-    what = (f"{args.streams} streams x {args.broadcasts} broadcasts = {r['count']:,} deliveries"
-            if args.workload == "broadcast" else f"{r['count']:,} streams opened (to hello)")
-    unit = "delivery" if args.workload == "broadcast" else "stream opened"
+    repeat = args.broadcasts
+    if args.workload in ("publish", "bulk"):
+        repeat = args.posts or (400 if args.workload == "publish" else 20)
+    r = asyncio.run(measure(args.transport, args.streams, repeat, args.out, args.workload))
+    what, unit = {
+        "broadcast": (f"{args.streams} streams x {repeat} broadcasts = {r['count']:,} deliveries", "delivery"),
+        "open": (f"{r['count']:,} streams opened (to hello)", "stream opened"),
+    }.get(args.workload, (f"{repeat} POSTs of {1 if args.workload == 'publish' else BULK} to {args.streams} "
+                          f"users = {r['count']:,} notifications", "notification"))
     print(f"{args.transport}: {what}: {r['instructions']:,} instructions, {r['per_op'] / 1000:,.1f} k per "
           f"{unit} (callgrind output: {args.out}*)")
     return 0
