@@ -116,12 +116,21 @@ class Outbound:
 
     @classmethod
     def notification(cls, n: Notification) -> Outbound:
-        return cls("notification", encode_json(n.to_dict(read=False)), n.id, n.topic, n.user)
+        # Notification.to_dict(read=False), spelled out: this runs once per notification.
+        return cls("notification", encode_json({
+            "id": n.id, "user": n.user, "topic": n.topic, "title": n.title, "body": n.body,
+            "priority": n.priority, "data": n.data, "created_at": iso_ms(n.created_at), "read": False,
+        }), n.id, n.topic, n.user)
 
     @property
     def sse(self) -> bytes:
         if self._sse is None:
-            self._sse = sse_frame(self._json, self._kind, self.id)
+            if type(self.id) is int and b"\n" not in self._json and b"\r" not in self._json:
+                # The usual case: compact JSON has no line breaks (they are escaped in
+                # strings), so the frame is one data line; the kind is one of ours.
+                self._sse = b"id: %d\nevent: %s\ndata: %s\n\n" % (self.id, self._kind.encode(), self._json)
+            else:
+                self._sse = sse_frame(self._json, self._kind, self.id)
         return self._sse
 
     @property
