@@ -15,7 +15,6 @@ generated bodies), and never answers an error itself.
 from __future__ import annotations
 
 import json
-import re
 from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
@@ -49,7 +48,11 @@ MAX_DATA_DEPTH = 200
 #: The integers JSON bodies may carry (64 bits, signed or not): the decoder silently turns
 #: larger ones into floats, which would change ``data`` instead of passing it through.
 INT_RANGE = (-(2**63), 2**64 - 1)
-_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+#: Only a run of 19 digits can be an integer out of range. Looking for one with a regular
+#: expression cost twice the JSON decoding of a bulk body; mapping every digit to ``0``
+#: and everything else to a space, then searching for 19 zeros, costs a tenth of it.
+_DIGITS_AS_ZEROS = bytes(0x30 if 0x30 <= i <= 0x39 else 0x20 for i in range(256))
+_LONG_DIGITS = b"0" * 19
 
 
 class _Strict(BaseModel):
@@ -242,7 +245,7 @@ def decode_body(raw: bytes) -> Any:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise ApiError.bad_json() from None
-    if _LONG_DIGITS.search(raw):  # only a run of 19 digits can be an integer out of range
+    if _LONG_DIGITS in raw.translate(_DIGITS_AS_ZEROS):
         try:
             json.loads(raw, parse_int=_int_in_range)
         except _OutOfRange:
@@ -336,8 +339,14 @@ def _fast_drafts(data: Any) -> list[NotificationDraft] | None:
     if topic is not None and (type(topic) is not str or _is_name(topic) is None):
         return None
     payload = get("data")
-    if payload is not None and (type(payload) is not dict or not _depth_within(payload, MAX_DATA_DEPTH)):
-        return None
+    if payload is not None:
+        if type(payload) is not dict:
+            return None
+        for value in payload.values():
+            if type(value) is dict or type(value) is list:  # nested: count the depth
+                if not _depth_within(payload, MAX_DATA_DEPTH):
+                    return None
+                break
     user, users, broadcast = get("user"), get("users"), get("broadcast", False)
     if type(broadcast) is not bool:
         return None
