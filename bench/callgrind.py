@@ -4,6 +4,7 @@ shared machine (``bench/PROFILE.md``).
     .venv/bin/python -m bench.callgrind [--transport sse|ws] [--streams 200] [--broadcasts 20]
     .venv/bin/python -m bench.callgrind --workload open [--streams 200]
     .venv/bin/python -m bench.callgrind --workload replay [--missed 1000] [--reconnects 5]
+    .venv/bin/python -m bench.callgrind --workload publish|bulk [--streams 200] [--posts N]
 
 Starts ``sse-notify serve`` under ``valgrind --tool=callgrind --instr-atstart=no``, opens
 the streams (each waits for its ``hello``), switches collection on, publishes the
@@ -14,7 +15,11 @@ counts the opening of the streams instead (16 at a time, each up to its ``hello`
 ``--workload replay`` it counts S4's reconnect: one user's stream closes, ``--missed``
 notifications are published to that user (not counted), and the reconnect with the
 cursor is counted from its connect to the last replayed event received, ``--reconnects``
-times; the figure is per replayed event, the reconnect's opening included.
+times; the figure is per replayed event, the reconnect's opening included. With
+``--workload publish`` (S3's shape) or ``bulk`` (S6's: arrays of 100) it counts durable
+targeted publishes: one stream per user, ``--posts`` POSTs one after another (each waits
+for its 201, so each is its own commit), every notification to the next user in turn, and
+prints the instructions per notification, its delivery to its one stream included.
 """
 
 from __future__ import annotations
@@ -75,7 +80,8 @@ async def measure(transport: str, streams: int, broadcasts: int, out: Path,
             server.stop(timeout=60)
     dumps = sorted(out.parent.glob(out.name + "*"), key=lambda p: p.stat().st_mtime)
     total = sum(_instructions(p) for p in dumps if re.search(r"\.\d+$", p.name)) or _instructions(dumps[-1])
-    count = {"broadcast": streams * broadcasts, "open": streams, "replay": missed * reconnects}[workload]
+    count = {"broadcast": streams * broadcasts, "open": streams,
+             "replay": missed * reconnects, "publish": broadcasts, "bulk": broadcasts * BULK}[workload]
     return {"instructions": total, "count": count, "per_op": total / count}
 
 
@@ -97,6 +103,9 @@ async def _streams(server: CallgrindServer, signer: TokenSigner, transport: str,
         _control(server.pid, "-d")
     opened += warm
     pub = await Publisher(server.port, signer.publisher("cg"), connections=1).open()
+    if workload in ("publish", "bulk"):
+        per_post = 1 if workload == "publish" else BULK
+        await _publish(server.pid, pub, sink, users, per_post, broadcasts)
     body = b'{"broadcast":true,"title":"bench","data":{"ts":%.6f}}'
     if workload == "broadcast":
         n = streams + 1
@@ -149,6 +158,37 @@ async def _replay(server: CallgrindServer, signer: TokenSigner, transport: str, 
         await pub.close()
 
 
+BULK = 100  # notifications per POST in --workload bulk, as in S6
+
+
+async def _publish(pid: int, pub: Publisher, sink: Sink, users: list[str], per_post: int, posts: int) -> None:
+    """``posts`` POSTs of ``per_post`` targeted notifications, the next user each, one
+    POST at a time; collection covers them and their deliveries."""
+    heads = [b'{"user":"%s","title":"bench","data":{"ts":' % u.encode() for u in users]
+    turn = 0
+
+    def body() -> bytes:
+        nonlocal turn
+        parts = []
+        for _ in range(per_post):
+            parts.append(heads[turn % len(heads)] + b"%.6f}}" % time.time())
+            turn += 1
+        return parts[0] if per_post == 1 else b"[" + b",".join(parts) + b"]"
+
+    base = sink.delivered
+    status, _ = await pub.post(body())  # warm: first-use costs are not counted
+    assert status == 201, status
+    await _wait(sink, base + per_post, 120)
+    _control(pid, "-z")
+    _control(pid, "-i", "on")
+    for _ in range(posts):
+        status, _ = await pub.post(body())
+        assert status == 201, status
+    await _wait(sink, base + per_post * (posts + 1), 300)
+    _control(pid, "-i", "off")
+    _control(pid, "-d")
+
+
 async def _wait(sink: Sink, want: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while sink.delivered < want:
@@ -162,9 +202,13 @@ def main() -> int:
     p.add_argument("--transport", choices=("sse", "ws"), default="sse")
     p.add_argument("--streams", type=int, default=200)
     p.add_argument("--broadcasts", type=int, default=20)
-    p.add_argument("--workload", choices=("broadcast", "open", "replay"), default="broadcast",
+    p.add_argument("--posts", type=int, default=None,
+                   help="POSTs for --workload publish|bulk (default 400 and 20)")
+    p.add_argument("--workload", choices=("broadcast", "open", "replay", "publish", "bulk"),
+                   default="broadcast",
                    help="count the broadcasts' deliveries, the opening of the streams (up to hello), "
-                        "or reconnects replaying what their user missed")
+                        "reconnects replaying what their user missed, or targeted publishes one "
+                        "(publish) or 100 (bulk) per POST, their delivery included")
     p.add_argument("--missed", type=int, default=1000, help="replay: notifications missed per reconnect")
     p.add_argument("--reconnects", type=int, default=5, help="replay: reconnects counted")
     p.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "sse-notify.callgrind")
@@ -173,15 +217,19 @@ def main() -> int:
         raise SystemExit("needs valgrind (callgrind, callgrind_control)")
     for old in args.out.parent.glob(args.out.name + "*"):
         old.unlink()
-    r = asyncio.run(measure(args.transport, args.streams, args.broadcasts, args.out, args.workload,
+    repeat = args.broadcasts
+    if args.workload in ("publish", "bulk"):
+        repeat = args.posts or (400 if args.workload == "publish" else 20)
+    r = asyncio.run(measure(args.transport, args.streams, repeat, args.out, args.workload,
                             args.missed, args.reconnects))
     what, unit = {
-        "broadcast": (f"{args.streams} streams x {args.broadcasts} broadcasts = {r['count']:,} deliveries",
+        "broadcast": (f"{args.streams} streams x {repeat} broadcasts = {r['count']:,} deliveries",
                       "delivery"),
         "open": (f"{r['count']:,} streams opened (to hello)", "stream opened"),
         "replay": (f"{args.reconnects} reconnects x {args.missed:,} missed = {r['count']:,} replayed",
                    "replayed event"),
-    }[args.workload]
+    }.get(args.workload, (f"{repeat} POSTs of {1 if args.workload == 'publish' else BULK} to "
+                          f"{args.streams} users = {r['count']:,} notifications", "notification"))
     print(f"{args.transport}: {what}: {r['instructions']:,} instructions, {r['per_op'] / 1000:,.1f} k per "
           f"{unit} (callgrind output: {args.out}*)")
     return 0

@@ -3,12 +3,18 @@
 They validate what comes in (every violation becomes a 422 with the first problem in
 words) and describe the API in the OpenAPI document quart-schema serves. Validation is
 strict: a number is not a string, and unknown fields are refused rather than dropped.
+
+Publish bodies (the hot path: a bulk POST carries up to 1,000) are first checked by hand
+(:func:`publish_drafts`) for the shapes publishers send -- one target, no ``escalate`` --
+and turned into drafts directly. Whatever that check does not accept goes to
+:class:`PublishBody`, which stays the one definition of what is valid and of every error
+message: the fast path only ever accepts what the model accepts (a test compares them on
+generated bodies), and never answers an error itself.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
@@ -19,19 +25,20 @@ from pydantic import (
 
 from .errors import ApiError
 from .config import parse_duration
-from .models import MAX_ID, Escalate, NotificationDraft
+from .models import MAX_ID, NAME_RE, PRIORITIES, Escalate, NotificationDraft
 
 __all__ = [
     "ErrorBody", "HealthResponse", "HistoryQuery", "HistoryResponse", "IdsResponse", "MarkReadBody",
     "NotificationOut", "PublishBody", "TokenBody", "TokenResponse", "UpdatedResponse",
     "PresenceQuery", "PresenceResponse", "UserPresenceOut",
     "BulkIdsResponse", "MAX_BULK", "PublishAnswer", "PublishRequest", "StatusResponse",
-    "decode_body", "parse", "parse_bulk",
+    "decode_body", "parse", "parse_bulk", "publish_drafts",
 ]
 
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._@:-]{1,128}$")]
 Id = Annotated[int, Field(ge=1, le=MAX_ID)]
 MAX_USERS = 1000
+MAX_TITLE, MAX_BODY = 256, 4096
 MAX_BULK = 1000  # notification bodies in one bulk publish
 MAX_READ_IDS = 1000
 MAX_TOKEN_TTL = 366 * 86400
@@ -41,7 +48,11 @@ MAX_DATA_DEPTH = 200
 #: The integers JSON bodies may carry (64 bits, signed or not): the decoder silently turns
 #: larger ones into floats, which would change ``data`` instead of passing it through.
 INT_RANGE = (-(2**63), 2**64 - 1)
-_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+#: Only a run of 19 digits can be an integer out of range. Looking for one with a regular
+#: expression cost twice the JSON decoding of a bulk body; mapping every digit to ``0``
+#: and everything else to a space, then searching for 19 zeros, costs a tenth of it.
+_DIGITS_AS_ZEROS = bytes(0x30 if 0x30 <= i <= 0x39 else 0x20 for i in range(256))
+_LONG_DIGITS = b"0" * 19
 
 
 class _Strict(BaseModel):
@@ -74,8 +85,8 @@ class PublishBody(_Strict):
     user: Name | None = None
     users: list[Name] | None = Field(None, min_length=1, max_length=MAX_USERS)
     broadcast: bool = False
-    title: str = Field(min_length=1, max_length=256)
-    body: str | None = Field(None, max_length=4096)
+    title: str = Field(min_length=1, max_length=MAX_TITLE)
+    body: str | None = Field(None, max_length=MAX_BODY)
     priority: Literal["low", "medium", "high", "urgent"] = "medium"
     topic: Name | None = None
     data: dict[str, Any] | None = None
@@ -234,7 +245,7 @@ def decode_body(raw: bytes) -> Any:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise ApiError.bad_json() from None
-    if _LONG_DIGITS.search(raw):  # only a run of 19 digits can be an integer out of range
+    if _LONG_DIGITS in raw.translate(_DIGITS_AS_ZEROS):
         try:
             json.loads(raw, parse_int=_int_in_range)
         except _OutOfRange:
@@ -282,9 +293,74 @@ def parse(model: type[M], data: Any, at: str = "") -> M:
         raise ApiError.invalid(f"{where}: {message}" if where else message) from None
 
 
-def parse_bulk(data: list[Any]) -> list[PublishBody]:
+def parse_bulk(data: list[Any]) -> list[list[NotificationDraft]]:
     """A bulk publish body: 1 to :data:`MAX_BULK` notification bodies, each validated like
-    a single one; the first invalid one is a 422 naming its index (``[3].title: ...``)."""
+    a single one; the first invalid one is a 422 naming its index (``[3].title: ...``).
+    Returns each body's drafts, in order."""
     if not 1 <= len(data) <= MAX_BULK:
         raise ApiError.invalid(f"A bulk publish holds 1 to {MAX_BULK} notifications, not {len(data)}.")
-    return [parse(PublishBody, item, f"[{index}]") for index, item in enumerate(data)]
+    fast = _fast_drafts
+    out = []
+    for index, item in enumerate(data):
+        drafts = fast(item)
+        out.append(parse(PublishBody, item, f"[{index}]").drafts() if drafts is None else drafts)
+    return out
+
+
+def publish_drafts(data: Any) -> list[NotificationDraft]:
+    """One publish body's drafts; an invalid body is :func:`parse`'s 422."""
+    drafts = _fast_drafts(data)
+    return parse(PublishBody, data).drafts() if drafts is None else drafts
+
+
+_PUBLISH_FIELDS = frozenset(PublishBody.model_fields)
+_PRIORITY_SET = frozenset(PRIORITIES)
+_is_name = NAME_RE.fullmatch
+
+
+def _fast_drafts(data: Any) -> list[NotificationDraft] | None:
+    """The drafts of a publish body :class:`PublishBody` accepts, checked by hand; None
+    when it is invalid or a shape left to the model (``escalate``), so that the model
+    decides and words the error. Types are checked exactly (JSON decodes to exact types,
+    and the model is strict)."""
+    if type(data) is not dict or not _PUBLISH_FIELDS.issuperset(data) or data.get("escalate") is not None:
+        return None
+    get = data.get
+    title = get("title")
+    if type(title) is not str or not 1 <= len(title) <= MAX_TITLE:
+        return None
+    body = get("body")
+    if body is not None and (type(body) is not str or len(body) > MAX_BODY):
+        return None
+    priority = get("priority", "medium")
+    if type(priority) is not str or priority not in _PRIORITY_SET:
+        return None
+    topic = get("topic")
+    if topic is not None and (type(topic) is not str or _is_name(topic) is None):
+        return None
+    payload = get("data")
+    if payload is not None:
+        if type(payload) is not dict:
+            return None
+        for value in payload.values():
+            if type(value) is dict or type(value) is list:  # nested: count the depth
+                if not _depth_within(payload, MAX_DATA_DEPTH):
+                    return None
+                break
+    user, users, broadcast = get("user"), get("users"), get("broadcast", False)
+    if type(broadcast) is not bool:
+        return None
+    if user is not None:
+        if users is not None or broadcast or type(user) is not str or _is_name(user) is None:
+            return None
+        return [NotificationDraft(user, title, body, priority, topic, payload)]
+    if broadcast:
+        return None if users is not None else [NotificationDraft(None, title, body, priority, topic, payload)]
+    if type(users) is not list or not 1 <= len(users) <= MAX_USERS:
+        return None
+    for name in users:
+        if type(name) is not str or _is_name(name) is None:
+            return None
+    if len(set(users)) != len(users):
+        return None
+    return [NotificationDraft(name, title, body, priority, topic, payload) for name in users]

@@ -120,12 +120,21 @@ class Outbound:
 
     @classmethod
     def notification(cls, n: Notification) -> Outbound:
-        return cls("notification", encode_json(n.to_dict(read=False)), n.id, n.topic, n.user)
+        # Notification.to_dict(read=False), spelled out: this runs once per notification.
+        return cls("notification", encode_json({
+            "id": n.id, "user": n.user, "topic": n.topic, "title": n.title, "body": n.body,
+            "priority": n.priority, "data": n.data, "created_at": iso_ms(n.created_at), "read": False,
+        }), n.id, n.topic, n.user)
 
     @property
     def sse(self) -> bytes:
         if self._sse is None:
-            self._sse = sse_frame(self._json, self._kind, self.id)
+            if type(self.id) is int and b"\n" not in self._json and b"\r" not in self._json:
+                # The usual case: compact JSON has no line breaks (they are escaped in
+                # strings), so the frame is one data line; the kind is one of ours.
+                self._sse = b"id: %d\nevent: %s\ndata: %s\n\n" % (self.id, self._kind.encode(), self._json)
+            else:
+                self._sse = sse_frame(self._json, self._kind, self.id)
         return self._sse
 
     @property
@@ -157,20 +166,13 @@ def replayed(rows: Iterable[StoredRow]) -> list[Outbound]:
     rows in one pass: the same bytes as :meth:`Outbound.notification` (the stored ``data``
     text is orjson's own encoding, embedded as it is), without a :class:`Notification`
     or a decoded ``data`` per row, each row's SSE frame built with it (one line: JSON
-    escapes every line break), and each second of ``created_at`` rendered once (rows come
-    in id order, so a batch's rows share it)."""
+    escapes every line break)."""
     events = []
     dumps, fragment = orjson.dumps, orjson.Fragment
-    last_ms, last_second, created, second = -1, -1, "", ""
     for id, user, topic, title, body, priority, data, created_at in rows:
-        if created_at != last_ms:
-            if created_at // 1000 != last_second:  # "YYYY-MM-DDTHH:MM:SS." once a second
-                last_second = created_at // 1000
-                second = iso_ms(last_second * 1000)[:-4]
-            last_ms, created = created_at, f"{second}{created_at % 1000:03d}Z"
         raw = dumps({"id": id, "user": user, "topic": topic, "title": title, "body": body,
                      "priority": priority, "data": None if data is None else fragment(data),
-                     "created_at": created, "read": False})
+                     "created_at": iso_ms(created_at), "read": False})
         if raw.find(b"\xe2\x80") >= 0 or raw.find(b"\xc2\x85") >= 0:  # as in encode_json
             for char, escape in _LINE_BREAKERS:
                 raw = raw.replace(char, escape)

@@ -194,7 +194,7 @@ def test_parse_error_renders_as_contract_json() -> None:
 def test_parse_bulk_validates_every_element_in_order() -> None:
     bodies = parse_bulk([{"user": "a", "title": "1"}, {"broadcast": True, "title": "2"},
                          {"users": ["b", "c"], "title": "3"}])
-    assert [[d.user for d in b.drafts()] for b in bodies] == [["a"], [None], ["b", "c"]]
+    assert [[d.user for d in drafts] for drafts in bodies] == [["a"], [None], ["b", "c"]]
     assert len(parse_bulk([{"user": "a", "title": "t"}] * MAX_BULK)) == MAX_BULK
 
 

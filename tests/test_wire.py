@@ -163,13 +163,25 @@ def test_notification_carries_routing_attributes() -> None:
 
 def test_outbound_is_encoded_once(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
-    real = wire.sse_frame
-    monkeypatch.setattr(wire, "sse_frame", lambda *a, **k: calls.append(a) or real(*a, **k))
+    real = wire.encode_json
+    monkeypatch.setattr(wire, "encode_json", lambda *a, **k: calls.append(a) or real(*a, **k))
     out = Outbound.notification(_notification())
     first, second = out.sse, out.sse
     assert first is second
     assert len(calls) == 1
     assert out.ws is out.ws
+
+
+@pytest.mark.parametrize("title", ["plain", "line\nbreak", "cr\rlf", "a\u2028b", "caf\u00e9"])
+def test_a_notification_frame_is_the_one_sse_frame_builds(title: str) -> None:
+    out = Outbound.notification(_notification(title=title))
+    assert out.sse == sse_frame(out._json, "notification", 42)
+    assert out.sse.count(b"\n") == 4  # id, event, one data line, the blank line
+
+
+def test_a_payload_with_line_breaks_is_framed_line_by_line() -> None:
+    out = Outbound("notification", b'{"a":\n1}', id=7)
+    assert out.sse == b'id: 7\nevent: notification\ndata: {"a":\ndata: 1}\n\n'
 
 
 # -- control events -------------------------------------------------------------------

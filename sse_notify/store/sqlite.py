@@ -278,21 +278,21 @@ class SQLiteStore(WriterQueue, SQLiteReads, SQLiteReceipts, SQLiteEscalations):
             if stored is not None:
                 return _repeat(stored, bulk)
         results: list[list[int]] = []
+        rows, escalations, dumps = inserts.notifications, inserts.escalations, orjson.dumps
+        id = self._last_id
         for drafts in groups:
-            batch = []
-            for draft in drafts:
-                self._last_id += 1
-                batch.append(Notification(self._last_id, draft.user, draft.topic, draft.title,
-                                          draft.body, draft.priority, draft.data, now))
-            inserts.notifications += [
-                (n.id, n.user, n.topic, n.title, n.body, n.priority,
-                 None if n.data is None else orjson.dumps(n.data).decode(), n.created_at)
-                for n in batch]
-            inserts.escalations += [(n.id, n.user, d.escalate.unless, now + d.escalate.after * 1000,
-                                     now + d.escalate.after * 1000)
-                                    for n, d in zip(batch, drafts) if d.escalate is not None and n.user is not None]
-            committed.extend(batch)
-            results.append([n.id for n in batch])
+            ids = []
+            for d in drafts:
+                id += 1
+                ids.append(id)
+                committed.append(Notification(id, d.user, d.topic, d.title, d.body, d.priority, d.data, now))
+                rows.append((id, d.user, d.topic, d.title, d.body, d.priority,
+                             None if d.data is None else dumps(d.data).decode(), now))
+                if d.escalate is not None and d.user is not None:
+                    due = now + d.escalate.after * 1000
+                    escalations.append((id, d.user, d.escalate.unless, due, due))
+            results.append(ids)
+        self._last_id = id
         self._last_created = now
         stored = results if bulk else results[0]
         if key is not None:

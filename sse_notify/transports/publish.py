@@ -6,7 +6,8 @@ timeout task and response wrappers: profiled, that was several times the cost of
 publish itself. This endpoint does only what the contract asks, in the order the view did:
 publisher token (401), the publisher's rate (429), ``Idempotency-Key`` (422), body within
 ``--max-body`` (413, from ``Content-Length`` at once, else by counting), JSON (400), the
-same pydantic schema (422), then the durable add: 201 (200 for an idempotent repeat)
+same schema (422; ``schemas.publish_drafts``: checked by hand for the common shapes, by
+the pydantic model for the rest and for every error), then the durable add: 201 (200 for an idempotent repeat)
 only after the commit.
 
 A JSON array is a bulk publish (API v1.1): every element is validated before anything is
@@ -44,7 +45,8 @@ import orjson
 from ..auth import verify_publisher
 from ..cors import cors_headers
 from ..errors import ApiError
-from ..schemas import PublishBody, decode_body, parse, parse_bulk
+from ..models import NotificationDraft
+from ..schemas import decode_body, parse_bulk, publish_drafts
 from ..service import Service
 from ..store import StoreUnavailable
 from ..tokens import Claims
@@ -100,27 +102,28 @@ class PublishEndpoint:
         data = decode_body(await self._body(headers, receive))
         if type(data) is list:
             return await self._publish_bulk(data, publisher, key)
-        body = parse(PublishBody, data)
-        self._check_escalate([body])
-        result = await self.service.publish(body.drafts(), publisher, key)
+        drafts = publish_drafts(data)
+        self._check_escalate([drafts])
+        result = await self.service.publish(drafts, publisher, key)
         return (201 if result.created else 200), {"ids": result.ids}
 
     async def _publish_bulk(self, data: list[Any], publisher: str,
                             key: str | None) -> tuple[int, dict[str, Any]]:
-        bodies = parse_bulk(data)
-        self._check_escalate(bodies, bulk=True)
+        requests = parse_bulk(data)
+        self._check_escalate(requests, bulk=True)
         rate = self.service.publish_rate
         rate.refund(publisher)  # the one spent before the body was read: now all at once
-        rate.spend(publisher, len(bodies))
-        result = await self.service.publish_many([b.drafts() for b in bodies], publisher, key)
+        rate.spend(publisher, len(requests))
+        result = await self.service.publish_many(requests, publisher, key)
         return (201 if result.created else 200), {"results": [{"ids": ids} for ids in result.results]}
 
-    def _check_escalate(self, bodies: list[PublishBody], bulk: bool = False) -> None:
-        """``escalate`` needs somewhere to send the webhook."""
+    def _check_escalate(self, requests: list[list[NotificationDraft]], bulk: bool = False) -> None:
+        """``escalate`` needs somewhere to send the webhook. (A body with ``escalate`` has
+        users as its target, so each of its drafts carries it.)"""
         if self.service.settings.webhook_url:
             return
-        for index, body in enumerate(bodies):
-            if body.escalate is not None:
+        for index, drafts in enumerate(requests):
+            if drafts[0].escalate is not None:
                 where = f"[{index}].escalate" if bulk else "escalate"
                 raise ApiError.invalid(f"{where}: this server has no webhook URL (serve --webhook-url).")
 

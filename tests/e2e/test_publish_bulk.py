@@ -35,6 +35,13 @@ async def history(server: ServerProcess, c: httpx.AsyncClient, user: str) -> lis
     return resp.json()["notifications"]
 
 
+def _deep(depth: int) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for _ in range(depth - 1):
+        data = {"a": data}
+    return data
+
+
 async def test_bulk_is_stored_and_answered_in_order(shared: ServerProcess) -> None:
     a, b, c_ = uid(), uid(), uid()
     body = [{"user": a, "title": "first", "priority": "high", "data": {"k": [1]}},
@@ -73,6 +80,19 @@ async def test_bulk_of_1000_is_accepted(shared: ServerProcess) -> None:
         ({"user": "bad id", "title": "t"}, "[3].user: "),
         ("a string", "[3]: must be a JSON object."),
         ({"user": "x", "title": "t", "priority": "whenever"}, "[3].priority: "),
+        # where the hand-written check of common bodies must step aside for the model
+        ({"user": "x", "title": 5}, "[3].title: Input should be a valid string"),
+        ({"user": "x", "title": "t", "extra": 1}, "[3].extra: Extra inputs are not permitted"),
+        ({"user": "x", "title": "x" * 257}, "[3].title: String should have at most 256 characters"),
+        ({"user": "x", "title": "t", "body": "y" * 4097}, "[3].body: String should have at most 4096 characters"),
+        ({"broadcast": 1, "title": "t"}, "[3].broadcast: Input should be a valid boolean"),
+        ({"users": ["a", "a"], "title": "t"}, '[3]: "users" must not repeat an id'),
+        ({"users": [], "title": "t"}, "[3].users: List should have at least 1 item"),
+        ({"user": "x", "title": "t", "data": [1]}, "[3].data: Input should be a valid dictionary"),
+        ({"user": "x", "title": "t", "data": _deep(201)},
+         "[3].data: nested deeper than 200 levels"),
+        ({"user": "x", "title": "t", "escalate": {"after": "10m"}},
+         "[3].escalate: this server has no webhook URL"),
     ],
 )
 async def test_an_invalid_element_is_422_naming_its_index_and_nothing_is_stored(
