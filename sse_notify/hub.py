@@ -21,7 +21,8 @@ Deliberate decisions:
   its cursor and replays from storage). While a stream is still replaying from storage,
   an overflow only drops the buffered notifications and marks the stream ``lagged``: the
   replay loop then reads them from storage, so a long replay under load is not cut off.
-* ``subscribe`` is an async context manager whose ``finally`` always unregisters.
+* ``subscribe`` gives a stream that is its own async context manager: it always
+  unregisters.
 
 The hub knows neither the store nor the broker.
 """
@@ -31,8 +32,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterable, Sequence
 
 from .models import Notification, ReadChange
 from .wire import KEEPALIVE, Outbound, read_event
@@ -98,6 +98,15 @@ class Stream:
         #: Only in the last sweep interval before :attr:`wake_at`: the exact wake-up.
         self._timer: asyncio.TimerHandle | None = None
         self._stats = stats
+
+    async def __aenter__(self) -> Stream:
+        assert self._hub is not None
+        self._hub._register(self)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._hub is not None
+        self._hub._unregister(self)
 
     def wants(self, event: Outbound) -> bool:
         return self.topics is None or event.topic in self.topics
@@ -351,29 +360,33 @@ class Hub:
         finally:
             self._flusher = None
 
-    @asynccontextmanager
-    async def subscribe(self, user: str, topics: frozenset[str] | None = None,
-                        transport: str = "sse") -> AsyncIterator[Stream]:
-        stream = Stream(user, topics, transport, self.stream_buffer, self.stats, self)
-        self._by_user.setdefault(user, set()).add(stream)
+    def subscribe(self, user: str, topics: frozenset[str] | None = None,
+                  transport: str = "sse") -> Stream:
+        """A stream for ``user``, registered by ``async with`` and always unregistered
+        when the block ends. (The stream is its own context manager: a generator-based
+        one would keep a generator and its frame per open stream.)"""
+        return Stream(user, topics, transport, self.stream_buffer, self.stats, self)
+
+    def _register(self, stream: Stream) -> None:
+        self._by_user.setdefault(stream.user, set()).add(stream)
         self._all.add(stream)
+        self._changed.add(stream.user)
+
+    def _unregister(self, stream: Stream) -> None:
+        stream._stop_timer()
+        stream._push = None
+        stream.heartbeat, stream.wake_at = None, _NEVER  # a sweep under way skips it
+        self._all.discard(stream)
+        user = stream.user
         self._changed.add(user)
-        try:
-            yield stream
-        finally:
-            stream._stop_timer()
-            stream._push = None
-            stream.heartbeat, stream.wake_at = None, _NEVER  # a sweep under way skips it
-            self._all.discard(stream)
-            self._changed.add(user)
-            streams = self._by_user.get(user)
-            if streams is not None:
-                streams.discard(stream)
-                if not streams:
-                    del self._by_user[user]
-            if not self._all and self._sweep_next is not None:
-                self._sweep_next.cancel()
-                self._sweep_next = None
+        streams = self._by_user.get(user)
+        if streams is not None:
+            streams.discard(stream)
+            if not streams:
+                del self._by_user[user]
+        if not self._all and self._sweep_next is not None:
+            self._sweep_next.cancel()
+            self._sweep_next = None
 
     def dispatch(self, messages: Sequence[Notification | ReadChange]) -> None:
         for message in messages:

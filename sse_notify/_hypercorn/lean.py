@@ -14,7 +14,10 @@ versions only:
 * ``WorkerContext.event_class`` by :class:`LeanEvent`, ``EventWrapper``'s interface over
   a flag and a list of waiters made only while someone waits;
 * ``TCPServer._read_data`` by the same loop without ``wait_for`` when ``read_timeout``
-  is None (Hypercorn's default and the service's), Hypercorn's own otherwise.
+  is None (Hypercorn's default and the service's), Hypercorn's own otherwise; it also
+  gives the connection's asyncio stream protocol a list for its drain waiters instead of
+  a deque (where asyncio's ``FlowControlMixin`` is the checked one: Python 3.11.7);
+* the task of an ASGI app awaits the app itself, not ``ASGIWrapper`` around it.
 
 :func:`disconnect_hook` is the other half, shaped as an ASGI extension a server could
 offer: from an ASGI ``receive`` it finds the :class:`AppQueue` behind it and returns a
@@ -31,6 +34,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
+from asyncio.streams import FlowControlMixin
+from collections import deque
 from collections.abc import Callable
 from functools import partial
 from ssl import SSLError
@@ -41,6 +46,7 @@ from . import supported
 try:  # what is replaced and what the replacements call (absent: nothing is installed)
     from hypercorn.asyncio import task_group as _task_group, tcp_server as _tcp_server
     from hypercorn.asyncio import worker_context as _worker_context
+    from hypercorn.app_wrappers import ASGIWrapper
     from hypercorn.asyncio.task_group import _handle
     from hypercorn.asyncio.tcp_server import MAX_RECV
     from hypercorn.events import Closed, RawData
@@ -60,6 +66,10 @@ CHECKED = {
     "TCPServer._read_data": "8e7ad8f4bfca2fd2",
     "EventWrapper": "04c3221b13f0a31f",
     "_handle": "e37cfe3db06eb470",
+    "ASGIWrapper.__call__": "5d03a825739dd4e8",
+    # asyncio's, as Python 3.11.7 has it: it uses its drain waiters only with append,
+    # remove and iteration, which a list does as well as its 760-byte deque.
+    "FlowControlMixin": "5eea7d0e63642ff8",
 }
 
 _DISCONNECTS = frozenset({"http.disconnect", "websocket.disconnect"})
@@ -231,6 +241,8 @@ def disconnect_hook(receive: Callable[..., Any]) -> DisconnectHook | None:
 # -- installing ------------------------------------------------------------------------------
 
 _originals: dict[str, Any] = {}
+#: Whether asyncio's stream protocol is the checked one (its drain waiters become a list).
+_list_drain_waiters = False
 
 
 def installed() -> bool:
@@ -261,8 +273,11 @@ def install() -> bool:
     spawn_app = task_group.TaskGroup.spawn_app
     read_data = tcp_server.TCPServer._read_data
     if (worker_context.WorkerContext.event_class is not worker_context.EventWrapper
-            or not unchanged(spawn_app, read_data, worker_context.EventWrapper, _handle)):
+            or not unchanged(spawn_app, read_data, worker_context.EventWrapper, _handle,
+                             ASGIWrapper.__call__)):
         return False
+    global _list_drain_waiters
+    _list_drain_waiters = unchanged(FlowControlMixin)
     _originals.update(spawn_app=spawn_app, read_data=read_data,
                       event_class=worker_context.WorkerContext.event_class)
     task_group.TaskGroup.spawn_app = _spawn_app  # type: ignore[method-assign]
@@ -283,9 +298,14 @@ def uninstall() -> None:
 
 
 async def _spawn_app(self: Any, app: Any, config: Any, scope: Any, send: Any) -> Any:
-    """Hypercorn 0.18's ``TaskGroup.spawn_app`` with an :class:`AppQueue`."""
-    loop = self._loop
+    """Hypercorn 0.18's ``TaskGroup.spawn_app`` with an :class:`AppQueue`; an ASGI app is
+    called directly (:func:`_handle_asgi`), without the wrapper's frame and the two
+    callables only a WSGI app uses."""
     app_queue = AppQueue(config.max_app_queue_size)
+    if type(app) is ASGIWrapper:
+        self.spawn(_handle_asgi, app.app, config, scope, app_queue.get, send)
+        return app_queue.put
+    loop = self._loop
 
     def _call_soon(func: Callable[..., Any], *args: Any) -> Any:
         future = asyncio.run_coroutine_threadsafe(func(*args), loop)
@@ -296,11 +316,27 @@ async def _spawn_app(self: Any, app: Any, config: Any, scope: Any, send: Any) ->
     return app_queue.put
 
 
+async def _handle_asgi(app: Any, config: Any, scope: Any, receive: Any, send: Any) -> None:
+    """Hypercorn 0.18's ``_handle`` for an ASGI app, which ``ASGIWrapper`` only awaits."""
+    try:
+        await app(scope, receive, send)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        await config.log.exception("Error in ASGI Framework")
+    finally:
+        await send(None)
+
+
 async def _read_data(self: Any) -> None:
     """Hypercorn 0.18's ``TCPServer._read_data``, without ``wait_for`` when there is no
     read timeout (``wait_for(x, None)`` only awaits ``x``, from one more frame)."""
     if self.config.read_timeout is not None:
         return await _originals["read_data"](self)
+    if _list_drain_waiters:
+        protocol = getattr(self.writer, "_protocol", None)
+        if type(getattr(protocol, "_drain_waiters", None)) is deque and not protocol._drain_waiters:
+            protocol._drain_waiters = []
     reader = self.reader
     while not reader.at_eof():
         try:
