@@ -4,9 +4,12 @@ Deliberate decisions:
 
 * Fan-out never blocks: ``dispatch`` appends to each stream's buffer and wakes its
   consumer at most once per batch (a waiter future is set only while the consumer waits).
-  The consumer's wake-up timer (heartbeat, token expiry) is kept across events rather
-  than armed and cancelled for each one, and waiting allocates nothing else that lives
-  until the next event (see :meth:`Stream.wait`).
+* Time is kept by one sweep for all streams (:meth:`Hub._sweep`, every
+  :data:`SWEEP_INTERVAL` s or half the shortest heartbeat, :data:`SWEEP_SLICE` streams
+  per loop turn), not a timer per stream: it pushes a live stream's keepalive after
+  ``heartbeat`` quiet seconds (or wakes its task to send it: no push, or the push
+  refused), and wakes a task at its :attr:`Stream.wake_at` (the token's expiry warning
+  and end), arming a timer only in the last interval before it, for the exact moment.
 * Push: once a stream has finished its replay, its transport may give it a ``push``
   function (:meth:`Stream.go_live`) that writes a batch without blocking or refuses. Then
   ``dispatch`` only buffers and queues the stream, and the hub's flusher writes each
@@ -202,15 +205,9 @@ class Stream:
 
     def wait(self) -> asyncio.Future[None]:
         """A future done when something is buffered or the stream closes -- at once if
-        that is so already -- or when the hub's sweep wakes the task: a keepalive it could
-        not push, :attr:`wake_at` reached. Then :meth:`take` the batch; an empty one means
-        "check your clocks".
-
-        Nothing made here outlives the wait except the future itself, and no timer is
-        kept per stream: the hub's one sweep (:meth:`Hub._sweep`) keeps time for all.
-        (Objects that live from one event to the next get promoted by the garbage
-        collector; with 10,000 streams each full collection takes most of a second.)
-        """
+        that is so already -- or when the hub's sweep wakes the task (a keepalive it could
+        not push, :attr:`wake_at` reached). Then :meth:`take` the batch; an empty one
+        means "check your clocks". Nothing made here outlives the wait but the future."""
         waiter = asyncio.get_running_loop().create_future()
         if self._buffer or self.close_reason is not None:
             waiter.set_result(None)
@@ -265,10 +262,11 @@ class Stream:
             self._timer = None
 
     def _sweep(self, now: float, wall: float, horizon: float) -> None:
-        """The hub's sweep reached this stream (``now``: loop time, ``wall``: time.time()):
-        keep it alive, wake its task if :attr:`wake_at` is within ``horizon`` seconds."""
+        """The sweep's turn (``now``: loop time, ``wall``: time.time()): keep the stream
+        alive; wake its task if :attr:`wake_at` is within ``horizon`` s. (A replaying
+        stream's task is writing its pages.)"""
         if self.close_reason is not None or self.replaying:
-            return  # a replaying stream's task is writing its pages
+            return
         until = self.wake_at - wall
         if until <= horizon and self._timer is None:
             if until <= 0:
@@ -321,11 +319,8 @@ class Hub:
             self._sweep_next = asyncio.get_running_loop().call_later(self._sweep_every, self._sweep)
 
     def _sweep(self, streams: list[Stream] | None = None, start: int = 0) -> None:
-        """One timer for every stream's time-based duties (:meth:`Stream._sweep`): the
-        keepalive after ``heartbeat`` quiet seconds -- pushed from here when the stream
-        has a push, else its task woken to send it -- and the wake-up at
-        :attr:`Stream.wake_at`. Visits :data:`SWEEP_SLICE` streams per loop turn, then
-        lets the loop serve others; stops when no stream is open."""
+        """Every stream's time-based duties (:meth:`Stream._sweep`, see the module's
+        notes), :data:`SWEEP_SLICE` streams per loop turn; stops when none is open."""
         loop = asyncio.get_running_loop()
         if streams is None:
             streams = list(self._all)
