@@ -146,16 +146,18 @@ class Feed:
             stream.lagged = False  # live events were dropped meanwhile: read them again
 
     async def _live(self, send: Send, stream: Stream, last: int) -> str:
+        """Live events until the token expires. Time is kept by the hub's sweep: it
+        pushes keepalives itself where it can and wakes this task for the rest (a
+        keepalive with no push, the expiry warning and end at :attr:`Stream.wake_at`), so
+        a quiet stream holds no timer of its own."""
         loop = asyncio.get_running_loop()
         heartbeat = self.heartbeat
         expires_at = self.expires_at
         warn_at = None if expires_at is None else expires_at - EXPIRY_WARNING
         push, self.push = self.push, None
-        stream.go_live(last, push)  # from here the hub may write new events itself
+        stream.go_live(last, push, heartbeat)  # from here the hub may write new events itself
         del push
-        quiet_until = loop.time() + heartbeat  # keepalive due unless something is sent
         while True:
-            wait = quiet_until - loop.time()
             if expires_at is not None:
                 now = time.time()
                 if now >= expires_at:
@@ -163,29 +165,27 @@ class Feed:
                 if warn_at is not None and now >= warn_at:
                     warn_at = None
                     await _send_own(send, stream, [token_expiring(expires_at)])
-                    quiet_until = loop.time() + heartbeat
                     continue
-                wait = min(wait, (expires_at if warn_at is None else warn_at) - now)
-            if wait <= 0:
-                if stream.written_at + heartbeat > quiet_until:  # the hub pushed meanwhile
-                    quiet_until = stream.written_at + heartbeat
-                    continue
+                wake_at = expires_at if warn_at is None else warn_at
+                if stream.wake_at != wake_at:
+                    stream.wake_at_time(wake_at)
+            if loop.time() - stream.written_at >= heartbeat:  # the sweep could not push it
                 await _send_own(send, stream, [KEEPALIVE])
-                quiet_until = loop.time() + heartbeat
                 continue
-            await stream.wait(wait)
+            await stream.wait()
             fresh = stream.fresh()  # in id order, minus what the replay already sent
             if fresh:
                 await _send_own(send, stream, fresh)
                 if self.hub.on_delivered is not None:
                     self.hub.on_delivered(self.user, fresh)
-                quiet_until = loop.time() + heartbeat
 
 
 async def _send_own(send: Send, stream: Stream, events: list[Outbound]) -> None:
-    """A send by the stream's task: the hub's flusher keeps off the stream meanwhile."""
+    """A send by the stream's task: the hub's flusher and sweep keep off the stream
+    meanwhile; once written it counts as traffic for the keepalive."""
     stream.sending = True
     try:
         await send(events)
     finally:
         stream.sending = False
+    stream.written_at = asyncio.get_running_loop().time()

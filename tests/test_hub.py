@@ -10,6 +10,7 @@ import pytest
 
 from sse_notify.hub import Hub, Stream
 from sse_notify.models import Notification, ReadChange
+from sse_notify.wire import KEEPALIVE
 
 
 def note(id: int, user: str | None = "alice", topic: str | None = None) -> Notification:
@@ -25,8 +26,9 @@ def kinds(batch: list) -> list[str]:
 
 
 async def next_batch(stream: Stream, timeout: float) -> list:
-    """What a consumer gets: wait (up to ``timeout`` s), then take what is buffered."""
-    await stream.wait(timeout)
+    """What a consumer gets: wait (here up to ``timeout`` s), then take what is buffered."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stream.wait(), timeout)
     return stream.take()
 
 
@@ -191,13 +193,15 @@ async def test_next_batch_returns_everything_buffered_at_once() -> None:
         assert await next_batch(stream, 0.01) == []
 
 
-async def test_next_batch_returns_empty_on_timeout() -> None:
+async def test_a_quiet_wait_keeps_no_timer_of_its_own() -> None:
     hub = Hub()
     async with hub.subscribe("alice") as stream:
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        assert await next_batch(stream, 0.05) == []
-        assert loop.time() - start >= 0.04
+        stream.go_live(0, None, heartbeat=60)
+        waiter = stream.wait()
+        await asyncio.sleep(0)
+        assert not waiter.done() and stream._timer is None  # the hub's sweep keeps time
+        assert hub._sweep_next is not None  # ...one timer for every stream
+    assert hub._sweep_next is None  # and none once no stream is open
 
 
 async def test_next_batch_wakes_when_an_event_arrives() -> None:
@@ -244,7 +248,7 @@ async def test_a_live_stream_with_a_push_is_written_by_the_hub_without_waking_it
     written: list[list[int | None]] = []
     async with hub.subscribe("alice") as stream:
         stream.go_live(0, lambda batch: written.append(ids(batch)) or True)
-        waiter = stream.wait(60)
+        waiter = stream.wait()
         hub.dispatch([note(1), note(2)])
         hub.dispatch([note(3)])
         await flushed()
@@ -313,3 +317,112 @@ async def test_a_broadcast_to_many_pushed_streams_yields_to_the_loop() -> None:
         await task
         assert len(written) == 3 * PUSH_SLICE
         assert other == [PUSH_SLICE]  # it ran between the first slice and the second
+
+
+# -- the sweep: keepalives and wake-ups, one timer for all streams --------------------
+
+async def until(condition: object, timeout: float = 5.0) -> None:
+    """Wait for ``condition()`` (checked every loop turn) to hold, at most ``timeout`` s."""
+    async with asyncio.timeout(timeout):
+        while not condition():  # type: ignore[operator]
+            await asyncio.sleep(0.005)
+
+
+async def test_the_sweep_pushes_a_keepalive_after_a_quiet_heartbeat_without_waking_the_task() -> None:
+    hub = Hub()
+    written: list[list] = []
+    loop = asyncio.get_running_loop()
+    async with hub.subscribe("alice") as stream:
+        start = loop.time()
+        stream.go_live(0, lambda batch: written.append(list(batch)) or True, heartbeat=0.1)
+        waiter = stream.wait()
+        await until(lambda: written)
+        assert loop.time() - start >= 0.1  # not before a whole quiet heartbeat
+        assert written == [[KEEPALIVE]] and not waiter.done()
+        assert stream.written_at >= start + 0.1
+        hub.dispatch([note(1)])  # traffic counts: the next keepalive waits a heartbeat from it
+        await until(lambda: len(written) == 2)
+        pushed_at = stream.written_at
+        await until(lambda: len(written) == 3)
+        assert written[2] == [KEEPALIVE] and stream.written_at - pushed_at >= 0.1
+        assert not waiter.done()
+
+
+async def test_without_a_push_the_sweep_wakes_the_task_for_its_keepalive() -> None:
+    hub = Hub()
+    loop = asyncio.get_running_loop()
+    async with hub.subscribe("alice") as stream:
+        start = loop.time()
+        stream.go_live(0, None, heartbeat=0.1)
+        async with asyncio.timeout(5):
+            await stream.wait()
+        assert loop.time() - start >= 0.1 and stream.take() == []  # woken with nothing: time's up
+
+
+async def test_a_refused_keepalive_push_wakes_the_task_and_a_sending_task_is_left_alone() -> None:
+    hub = Hub()
+    refused: list[list] = []
+    async with hub.subscribe("alice") as stream:
+        stream.go_live(0, lambda batch: refused.append(batch) and False, heartbeat=0.05)
+        stream.sending = True  # the task is writing: it counts as traffic once written
+        await asyncio.sleep(0.2)  # several sweeps: none may touch a sending stream
+        assert refused == []
+        stream.sending = False
+        async with asyncio.timeout(5):
+            await stream.wait()
+        assert refused == [[KEEPALIVE]]
+
+
+async def test_the_sweep_wakes_the_task_at_its_wake_up_time_not_before() -> None:
+    import time
+
+    hub = Hub()
+    async with hub.subscribe("alice") as stream:
+        stream.go_live(0, lambda batch: True, heartbeat=60)  # keepalives never wake it
+        stream.wake_at_time(time.time() + 0.3)
+        async with asyncio.timeout(5):
+            await stream.wait()
+        assert time.time() >= stream.wake_at
+        assert time.time() - stream.wake_at < 0.2  # the exact moment, not the next sweep
+        assert stream._timer is None  # the timer lived only until then
+        stream.wake_at_time(time.time() + 1.5)  # beyond the next sweep: no timer yet...
+        assert stream._timer is None
+        async with asyncio.timeout(5):
+            await stream.wait()  # ...the sweep before it arms one
+        assert 0 <= time.time() - stream.wake_at < 0.2
+
+
+async def test_a_replaying_stream_gets_no_keepalive_from_the_sweep() -> None:
+    hub = Hub()
+    async with hub.subscribe("alice") as replaying, hub.subscribe("bob") as live:
+        replaying.heartbeat = 0.05  # as if set, but the stream has not gone live
+        live.go_live(0, None, heartbeat=0.05)
+        waiter = replaying.wait()
+        async with asyncio.timeout(5):
+            await live.wait()  # at least one sweep went past both
+        assert not waiter.done()
+
+
+async def test_a_sweep_of_many_streams_yields_to_the_loop() -> None:
+    from sse_notify.hub import SWEEP_SLICE
+
+    hub = Hub()
+    written: list[int] = []
+    other: list[int] = []
+    async with contextlib.AsyncExitStack() as stack:
+        streams = [await stack.enter_async_context(hub.subscribe(f"u{i}"))
+                   for i in range(2 * SWEEP_SLICE + 1)]
+        for i, stream in enumerate(streams):
+            stream.go_live(0, lambda batch, i=i: written.append(i) or True, heartbeat=0.05)
+        loop = asyncio.get_running_loop()
+        for stream in streams:  # every keepalive due at the next sweep
+            stream.written_at = loop.time() - 1
+
+        def meanwhile() -> None:  # once per loop turn until the sweep is over
+            other.append(len(written))
+            if len(written) < len(streams):
+                loop.call_soon(meanwhile)
+
+        loop.call_soon(meanwhile)
+        await until(lambda: len(written) == len(streams))
+        assert SWEEP_SLICE in other and 2 * SWEEP_SLICE in other  # it ran between slices

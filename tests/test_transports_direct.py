@@ -1,4 +1,4 @@
-"""The direct body write (:mod:`sse_notify.transports.direct`) against the real Hypercorn.
+"""The direct body write (:mod:`sse_notify._hypercorn.direct`) against the real Hypercorn.
 
 These tests exist to fail loudly when a Hypercorn or h11 upgrade changes what the module
 relies on: a tested version pair, the chain from ASGI ``send`` to the transport, h11's
@@ -19,7 +19,8 @@ from websockets.asyncio.client import connect
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
-from sse_notify.transports import direct
+from sse_notify import _hypercorn
+from sse_notify._hypercorn import direct
 from sse_notify.wire import ws_text_frame
 
 pytestmark = pytest.mark.timeout(30)
@@ -99,7 +100,7 @@ async def server() -> AsyncIterator[tuple[App, int]]:
 def test_the_installed_hypercorn_and_h11_are_a_tested_pair() -> None:
     # An upgrade lands here first: test the new pair, then add it to direct.TESTED.
     assert direct.supported(), (
-        f"hypercorn/h11 {direct._series('hypercorn')}/{direct._series('h11')} not in {direct.TESTED}")
+        f"hypercorn/h11 {_hypercorn._series('hypercorn')}/{_hypercorn._series('h11')} not in {direct.TESTED}")
 
 
 async def test_http11_chunks_are_written_directly_and_framed_as_h11_would(server: tuple[App, int]) -> None:
@@ -134,7 +135,7 @@ async def test_http2_falls_back_to_asgi(server: tuple[App, int]) -> None:
 async def test_another_version_falls_back_to_asgi(server: tuple[App, int],
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     app, port = server
-    monkeypatch.setattr(direct, "_supported", False)
+    monkeypatch.setattr(_hypercorn, "_supported", False)
     async with httpx.AsyncClient() as client:
         response = await client.get(f"http://127.0.0.1:{port}/")
     assert response.text == "asgi-1|direct-1|direct-2|asgi-2"

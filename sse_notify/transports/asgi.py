@@ -1,5 +1,6 @@
 """Small ASGI helpers shared by the lean endpoints: request parts, JSON answers, and how a
-stream's feed runs beside the watch on its client.
+stream's feed runs while the client's end is watched (by the server's disconnect hook
+where it has one, else by a task reading ``receive``).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qsl
 
+from .._hypercorn.lean import disconnect_hook
 from ..errors import ApiError
 from ..feed import Feed, Send
 
@@ -66,11 +68,16 @@ async def send_within(send: ASGISend, message: dict[str, Any], timeout: float = 
         pass
 
 
-async def run_feed(feed: Feed, write: Send, client: Awaitable[None]) -> str:
-    """Run ``feed`` in the calling task while a second task runs ``client`` (it ends when
-    the client has gone); whichever ends first stops the other. Returns why the stream
-    ended: ``"gone"``, the hub's close reason (``"overflow"``, ``"shutdown"``), the feed's
-    own end (``"expired"``), or ``"error"``.
+async def run_feed(feed: Feed, write: Send, client: Awaitable[None] | None = None, *,
+                   receive: Receive | None = None) -> str:
+    """Run ``feed`` in the calling task until the client has gone; whichever ends first
+    stops the other. How the client's end is seen: given ``receive`` (a client that sends
+    nothing more), the server's disconnect hook where it has one
+    (:func:`~sse_notify._hypercorn.lean.disconnect_hook`: no task at all), else a second
+    task reading ``receive`` until the disconnect; given ``client``, a second task running
+    it (it ends when the client has gone). Returns why the stream ended: ``"gone"``, the
+    hub's close reason (``"overflow"``, ``"shutdown"``), the feed's own end
+    (``"expired"``), or ``"error"``.
 
     The feed runs in the request's own task rather than a task of its own: one task less
     per open stream. Both ways of stopping it -- the client gone, the hub closing the
@@ -81,14 +88,19 @@ async def run_feed(feed: Feed, write: Send, client: Awaitable[None]) -> str:
     running = True
     gone = False
 
-    def client_ended(_: asyncio.Task[None]) -> None:
+    def client_ended(_: object = None) -> None:
         nonlocal gone
-        if running:
+        if running and not gone:
             gone = True
             task.cancel()
 
-    watcher = asyncio.ensure_future(client)
-    watcher.add_done_callback(client_ended)
+    hook = None if receive is None else disconnect_hook(receive)
+    watcher: asyncio.Future[None] | None = None
+    if hook is not None:
+        hook(client_ended)
+    else:
+        watcher = asyncio.ensure_future(client if receive is None else _disconnected(receive))
+        watcher.add_done_callback(client_ended)
     try:
         return await feed.run(write)
     except asyncio.CancelledError:
@@ -101,4 +113,12 @@ async def run_feed(feed: Feed, write: Send, client: Awaitable[None]) -> str:
         return "error"
     finally:
         running = False
-        watcher.cancel()
+        if hook is not None:
+            hook(None)
+        if watcher is not None:
+            watcher.cancel()
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] not in ("http.disconnect", "websocket.disconnect"):
+        pass

@@ -4,11 +4,13 @@ Headers and the ``retry:`` field are flushed before anything else, so ``EventSou
 fires at once -- but only once the stream is subscribed and its user's state read (the
 feed calls back to start the response): whatever commits after a client has seen the
 headers reaches it. Storage failing before that is still answered with the JSON 503.
-The feed runs in the request's task beside one watcher task that waits for the client to
-go away (:func:`~.asgi.run_feed`). Queued events are written in one chunk per wake-up,
-not one send per event. Over HTTP/1.1 on plain TCP, once the replay is over, the hub
-writes live events itself, straight to the connection (:mod:`.direct`); elsewhere (HTTP/2,
-TLS) and whenever the socket is not keeping up, the stream's task sends them through ASGI.
+The feed runs in the request's task; the client going away is seen by Hypercorn's
+disconnect hook (:mod:`~sse_notify._hypercorn.lean`), else by one watcher task reading
+``receive`` (:func:`~.asgi.run_feed`). Queued events are written in one chunk per
+wake-up, not one send per event. Over HTTP/1.1 on plain TCP, once the replay is over, the
+hub writes live events and keepalives itself, straight to the connection
+(:mod:`~sse_notify._hypercorn.direct`); elsewhere (HTTP/2, TLS) and whenever the socket
+is not keeping up, the stream's task sends them through ASGI.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from ..limits import Slot
 from ..models import valid_name
 from ..service import Service
 from ..wire import Outbound, sse_retry
-from .direct import BodyWriter, body_writer
+from .._hypercorn.direct import BodyWriter, body_writer
 from .asgi import (
     ASGISend, Receive, Scope, query_params, request_headers, run_feed, send_error, send_within,
 )
@@ -52,7 +54,7 @@ class SSEEndpoint:
             await send({"type": "http.response.body", "body": _chunk(events), "more_body": True})
 
         with slot:
-            reason = await run_feed(feed, write, _disconnected(receive))
+            reason = await run_feed(feed, write, receive=receive)
         if reason == "gone":
             return
         if feed.started:
@@ -117,7 +119,3 @@ def _pusher(direct: BodyWriter | None) -> Push | None:
         return None
     return lambda events: direct(_chunk(events))
 
-
-async def _disconnected(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass

@@ -11,7 +11,7 @@ whatever commits from then on reaches it. An auth frame needs the upgrade first;
 task while a receiver task answers the client's frames (``read``, ``ping``); bad frames
 get an error frame and the socket stays open. The receiver ending (the client closed)
 ends the feed (:func:`~.asgi.run_feed`). Over HTTP/1.1 on plain TCP, once the replay is
-over, the hub writes live events itself, several frames in one write (:mod:`.direct`);
+over, the hub writes live events itself, several frames in one write (:mod:`~sse_notify._hypercorn.direct`);
 the task sends through ASGI otherwise. ``permessage-deflate`` is declined (a compressed
 socket keeps zlib state each way: 22 KiB -> 113 KiB per connection).
 """
@@ -33,7 +33,7 @@ from ..service import Service
 from ..store import StoreUnavailable
 from ..tokens import Claims
 from ..wire import KEEPALIVE, Outbound, ws_frame
-from .direct import BodyWriter, frame_writer, refuse_permessage_deflate
+from .._hypercorn.direct import BodyWriter, frame_writer, refuse_permessage_deflate
 from .asgi import ASGISend, Receive, Scope, query_params, request_headers, run_feed, send_within
 from .sse import stream_topics
 

@@ -30,27 +30,27 @@ does, :func:`body_writer` finds the pieces itself, and only where every assumpti
   :data:`HIGH_WATER` (not paused).
 
 Everywhere else it returns None and the caller keeps plain ASGI. ``tests/test_transports_direct.py``
-fails loudly when an upgrade changes any of this.
+fails loudly when an upgrade changes any of this. The version gate is the package's
+(:func:`~sse_notify._hypercorn.supported`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
+
+from . import TESTED, supported as _tested
 
 __all__ = ["BodyWriter", "body_writer", "frame_writer", "refuse_permessage_deflate", "supported",
            "TESTED", "HIGH_WATER"]
 
-#: (hypercorn, h11) release series this module was tested with.
-TESTED = {("0.18", "0.16")}
 #: Bytes queued in the transport above which a write is refused (asyncio's default
 #: high-water mark; a client this far behind gets ASGI's back-pressure).
 HIGH_WATER = 64 * 1024
 
 BodyWriter = Callable[[bytes], bool]
 
-_supported: bool | None = None
+_importable = True
 
 try:  # what the writers compare with (absent: nothing is supported)
     from h11 import Connection as _H11Connection, SEND_BODY as _SEND_BODY
@@ -65,22 +65,12 @@ try:  # what the writers compare with (absent: nothing is supported)
 
     _RESPONSE, _CONNECTED, _OPEN = ASGIHTTPState.RESPONSE, ASGIWebsocketState.CONNECTED, ConnectionState.OPEN
 except ImportError:  # pragma: no cover
-    _supported = False
-
-
-def _series(package: str) -> str:
-    try:
-        return ".".join(version(package).split(".")[:2])
-    except PackageNotFoundError:
-        return "?"
+    _importable = False
 
 
 def supported() -> bool:
-    """Whether the installed Hypercorn and h11 are a tested pair (checked once)."""
-    global _supported
-    if _supported is None:
-        _supported = (_series("hypercorn"), _series("h11")) in TESTED
-    return _supported
+    """Whether the installed Hypercorn and h11 are a tested pair whose pieces import."""
+    return _importable and _tested()
 
 
 def _tcp_server(protocol_send: Any) -> Any:
