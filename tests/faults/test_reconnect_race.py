@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -89,9 +90,15 @@ async def test_no_gap_no_duplicate_no_disorder_under_reconnect_storm(
             writers = [asyncio.create_task(publish_loop(
                 client, server.publisher_token(f"race-{i}"), ledger, stop, random.Random(rng.random()),
                 users, topics=TOPICS, rate=form.rate)) for i in range(form.publishers)]
-            # The scenario's length, not a synchronisation: publish and churn this long.
+            # The scenario's length, not a synchronisation: publish and churn this long --
+            # and on a loaded machine, where sessions take longer, until every subscriber has
+            # reconnected at least twice (checked four times a second, up to three lengths more).
             done, _ = await asyncio.wait(readers + writers, timeout=form.seconds,
                                          return_when=asyncio.FIRST_EXCEPTION)
+            extra_until = time.monotonic() + 3 * form.seconds
+            while not done and min(s.sessions for s in subscribers) < 3 and time.monotonic() < extra_until:
+                done, _ = await asyncio.wait(readers + writers, timeout=0.25,
+                                             return_when=asyncio.FIRST_EXCEPTION)
             stop.set()
             for task in done:  # a reader or writer that failed early: report it now
                 task.result()
