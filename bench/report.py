@@ -8,7 +8,27 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_report", "render_markdown", "render_chart", "verdicts"]
+__all__ = ["TARGETS", "write_report", "render_markdown", "render_chart", "verdicts"]
+
+# Issue 9's targets (same client, one server core); the figures below are what verdicts() checks.
+S1_KIB_PER_STREAM = 12  # at 10,000 idle SSE streams
+S2_DELIVERIES_PER_S = {1000: 200_000, 10_000: 100_000}  # by subscribers, p99 < 1 s, 0 lost
+S3_PUBLISHES_PER_S = 5000
+S4_REPLAY_MS = 10  # 1,000 missed events
+S5_OF_S2 = 0.8  # at each subscriber count
+S6_NOTIFICATIONS_PER_S = 50_000  # in POSTs of 100
+S7_OPENED_PER_S = 3000  # 10,000 streams at once, 0 refused
+
+TARGETS = {
+    "S1": f"<= {S1_KIB_PER_STREAM} KiB per idle SSE stream at 10,000 streams",
+    "S2": (f">= {S2_DELIVERIES_PER_S[1000]:,} deliveries/s at 1,000 subscribers, "
+           f">= {S2_DELIVERIES_PER_S[10_000]:,} at 10,000 (p99 < 1 s), 0 lost/dup"),
+    "S3": f">= {S3_PUBLISHES_PER_S:,} durable targeted publishes/s (p99 < 1 s)",
+    "S4": f"1,000 missed events replayed in <= {S4_REPLAY_MS} ms, 0 lost/dup",
+    "S5": f">= {S5_OF_S2}x S2 at both subscriber counts",
+    "S6": f">= {S6_NOTIFICATIONS_PER_S:,} durable notifications/s in bulk POSTs of 100 (p99 < 1 s)",
+    "S7": f"10,000 SSE streams opened at once: 0 refused, >= {S7_OPENED_PER_S:,} opened/s",
+}
 
 
 def _fmt(value: Any, unit: str = "") -> str:
@@ -32,14 +52,14 @@ def verdicts(ours: dict[str, Any]) -> list[dict[str, Any]]:
     if s1 and "error" not in s1:
         lv = s1["levels"][-1]
         rows.append({"scenario": "S1", "figure": f"KiB per idle SSE stream at {lv['streams']:,}",
-                     "target": "≤ 20", "value": lv["kib_per_stream"],
-                     "met": lv["kib_per_stream"] <= 20 if lv["streams"] >= 10000 else None})
+                     "target": f"≤ {S1_KIB_PER_STREAM}", "value": lv["kib_per_stream"],
+                     "met": lv["kib_per_stream"] <= S1_KIB_PER_STREAM if lv["streams"] >= 10000 else None})
     s2_by = {}
     s2 = ours.get("S2")
     if s2 and "error" not in s2:
         for r in s2["by_subscribers"]:
             s2_by[r["subscribers"]] = r["best_deliveries_per_s"]
-            need = {1000: 60000, 10000: 40000}.get(r["subscribers"])
+            need = S2_DELIVERIES_PER_S.get(r["subscribers"])
             clean = r["lost_all"] == 0 and r["dup_all"] == 0
             rows.append({"scenario": "S2", "figure": f"deliveries/s at {r['subscribers']:,} subscribers, p99 < 1 s",
                          "target": f"≥ {need:,}" if need else "–", "value": r["best_deliveries_per_s"],
@@ -49,31 +69,38 @@ def verdicts(ours: dict[str, Any]) -> list[dict[str, Any]]:
     s3 = ours.get("S3")
     if s3 and "error" not in s3:
         rows.append({"scenario": "S3", "figure": f"durable targeted publishes/s ({s3['users']:,} users), p99 < 1 s",
-                     "target": "≥ 5,000", "value": s3["best_publishes_per_s"],
-                     "met": s3["best_publishes_per_s"] >= 5000 and s3["lost_all"] == 0 and s3["dup_all"] == 0})
+                     "target": f"≥ {S3_PUBLISHES_PER_S:,}", "value": s3["best_publishes_per_s"],
+                     "met": s3["best_publishes_per_s"] >= S3_PUBLISHES_PER_S and s3["lost_all"] == 0 and s3["dup_all"] == 0})
     s6 = ours.get("S6")
     if s6 and "error" not in s6:
         rows.append({"scenario": "S6", "figure": f"durable notifications/s in bulk POSTs of {s6['per_post']} "
                                                  f"({s6['users']:,} users), p99 < 1 s",
-                     "target": "≥ 50,000", "value": s6["best_notifications_per_s"],
-                     "met": s6["best_notifications_per_s"] >= 50000 and s6["lost_all"] == 0 and s6["dup_all"] == 0})
+                     "target": f"≥ {S6_NOTIFICATIONS_PER_S:,}", "value": s6["best_notifications_per_s"],
+                     "met": s6["best_notifications_per_s"] >= S6_NOTIFICATIONS_PER_S and s6["lost_all"] == 0 and s6["dup_all"] == 0})
     s4 = ours.get("S4")
     if s4 and "error" not in s4:
         for b in s4["by_size"]:
             clean = b["lost"] == 0 and b["dup"] == 0 and b["in_order"]
             rows.append({"scenario": "S4", "figure": f"{b['missed']:,} missed events replayed (median ms), lost/dup",
-                         "target": "< 50 ms, 0/0" if b["missed"] == 1000 else "0/0",
+                         "target": f"≤ {S4_REPLAY_MS} ms, 0/0" if b["missed"] == 1000 else "0/0",
                          "value": f"{b['median_ms']:.1f} ms, {b['lost']}/{b['dup']}",
-                         "met": (b["median_ms"] < 50 and clean) if b["missed"] == 1000 else clean})
+                         "met": (b["median_ms"] <= S4_REPLAY_MS and clean) if b["missed"] == 1000 else clean})
     s5 = ours.get("S5")
     if s5 and "error" not in s5:
         for r in s5["by_subscribers"]:
             base = s2_by.get(r["subscribers"])
             ratio = r["best_deliveries_per_s"] / base if base else None
             rows.append({"scenario": "S5", "figure": f"WS deliveries/s at {r['subscribers']:,} (÷ S2)",
-                         "target": "≥ 0.8× S2",
+                         "target": f"≥ {S5_OF_S2}× S2",
                          "value": f"{r['best_deliveries_per_s']:,}" + (f" ({ratio:.2f}×)" if ratio else ""),
-                         "met": (ratio >= 0.8 and r["lost_all"] == 0 and r["dup_all"] == 0) if ratio else None})
+                         "met": (ratio >= S5_OF_S2 and r["lost_all"] == 0 and r["dup_all"] == 0) if ratio else None})
+    s7 = ours.get("S7")
+    if s7 and "error" not in s7:
+        rows.append({"scenario": "S7", "figure": f"{s7['streams']:,} SSE streams opened at once: opened/s, refused",
+                     "target": f"≥ {S7_OPENED_PER_S:,}/s, 0 refused",
+                     "value": f"{s7['opened_per_s']:,}/s, {s7['refused']} refused",
+                     "met": (s7["opened_per_s"] >= S7_OPENED_PER_S and s7["refused"] == 0)
+                     if s7["streams"] >= 10000 else None})
     return rows
 
 

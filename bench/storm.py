@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from bench.client import SSEStream, Sink, percentiles
+from bench.ladder import Ctx
 
 __all__ = ["s7_storm", "STORM_TIMEOUT"]
 
@@ -66,8 +67,7 @@ async def storm(port: int, users: list[str], tokens: list[str],
             "start_ms": {k: round(v * 1000, 1) for k, v in pct.items()}}
 
 
-async def s7_storm(ctx: Any) -> dict[str, Any]:
-    """``ctx`` is bench.run's Ctx (not imported: run imports this module)."""
+async def s7_storm(ctx: Ctx) -> dict[str, Any]:
     n = ctx.plan.storm_streams
     users = [f"storm{i}" for i in range(n)]
     tokens = ctx.tokens(users)

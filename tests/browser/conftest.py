@@ -88,7 +88,9 @@ async def context(browser: Any) -> AsyncIterator[Any]:
         yield ctx
 
 
-@pytest.fixture
-def console(context: Any) -> ConsoleLog:
-    """The console errors of every page of ``context``."""
+@pytest_asyncio.fixture(loop_scope="session")
+async def console(context: Any) -> ConsoleLog:
+    """The console errors of every page of ``context``. Set up in the browser's loop: its
+    listeners start tasks there, also when other tests' loops ran since (the parallel run
+    puts other test files between the browser's)."""
     return ConsoleLog(context)

@@ -2,13 +2,15 @@
 
 * ``--long`` (off by default) runs every scenario's long form. It is registered here, so it
   is accepted when pytest is pointed at this directory:
-  ``pytest tests/faults --long``. The normal test command runs the short forms only.
+  ``pytest tests/faults --long``. The normal test command runs the short forms only, in
+  parallel with the rest; the long forms run one at a time (``-n 0``).
 * ``@pytest.mark.fault(short=S, long=L)`` gives a scenario its time limit in each form
   (seconds); ``short=None`` means "long form only": skipped, with the command to run it,
   in the normal test command.
 * ``long_mode``: whether this run is the long form.
 * ``figures``: ``figures("crash", kills=5, lost=0, ...)`` prints the scenario's one
-  ``FIGURES`` line, repeats it in pytest's closing summary, and in the long form appends it
+  ``FIGURES`` line, repeats it in pytest's closing summary (``tests/conftest.py`` prints
+  it there, from whichever worker ran the test), and in the long form appends it
   to ``results/figures.jsonl`` (git-ignored; ``python -m tests.faults.report`` builds the
   README table from it). Scenarios report their figures before asserting on them, so a
   failing run still shows what it measured.
@@ -28,11 +30,11 @@ import pytest
 
 from sse_notify.server import raise_open_files_limit
 
+from ..conftest import FIGURES
 from .support import format_figures
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "figures.jsonl"
-_LINES = pytest.StashKey[list[str]]()
 LONG_COMMAND = "pytest -p no:cacheprovider tests/faults --long"
 
 
@@ -46,6 +48,14 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "fault(short, long): a fault scenario's time limit in its "
                                        "short and long form (seconds; short=None: long form only)")
     raise_open_files_limit()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """The long forms run one at a time (``-n 0``): their figures are load figures, and two
+    at once on one machine would measure each other."""
+    if _is_long(config) and getattr(config.option, "numprocesses", None):
+        config.option.numprocesses = 0
 
 
 def _is_long(config: pytest.Config) -> bool:
@@ -63,14 +73,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason=f"long form only: {LONG_COMMAND}"))
         else:
             item.add_marker(pytest.mark.timeout(limit))
-
-
-def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    lines = config.stash.get(_LINES, [])
-    if lines:
-        terminalreporter.section("fault figures")
-        for line in lines:
-            terminalreporter.write_line(line)
 
 
 @pytest.fixture
@@ -93,7 +95,7 @@ def figures(request: pytest.FixtureRequest, long_mode: bool) -> Callable[..., st
     def report(scenario: str, **values: Any) -> str:
         line = format_figures(scenario, values)
         print("\n" + line, flush=True)
-        request.config.stash.setdefault(_LINES, []).append(line)
+        request.node.user_properties.append((FIGURES, line))
         if long_mode:
             RESULTS.parent.mkdir(exist_ok=True)
             record = {

@@ -162,6 +162,7 @@ async def test_listen_connection_killed(tmp_path: Path, postgres_url: str, long_
 
 
 @pytest.mark.fault(short=60, long=300)
+@pytest.mark.exclusive  # every test's Redis
 async def test_redis_restarted(tmp_path: Path, redis_url: str, long_mode: bool,
                                figures: Callable[..., str]) -> None:
     faults, seconds = _form(long_mode)
@@ -173,6 +174,7 @@ async def test_redis_restarted(tmp_path: Path, redis_url: str, long_mode: bool,
 
 
 @pytest.mark.fault(short=60, long=180)
+@pytest.mark.exclusive  # every test's Redis
 async def test_redis_subscriber_kicked(tmp_path: Path, redis_url: str, long_mode: bool,
                                        figures: Callable[..., str]) -> None:
     faults, seconds = _form(long_mode)

@@ -163,6 +163,7 @@ def restart_postgresql() -> None:
 
 
 @pytest.mark.fault(short=120, long=300)
+@pytest.mark.exclusive  # every test's PostgreSQL
 async def test_postgresql_restart_under_load(
         make_server: Callable[..., ServerProcess], postgres_url: str, long_mode: bool,
         figures: Callable[..., str]) -> None:
