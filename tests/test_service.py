@@ -39,7 +39,7 @@ async def collect(stream: Stream, count: int, timeout: float = 5.0) -> list:
     events: list = []
     async with asyncio.timeout(timeout):
         while len(events) < count:
-            await stream.wait(timeout)
+            await stream.wait()
             events += stream.take()
     return events
 
