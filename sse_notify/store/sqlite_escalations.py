@@ -41,14 +41,14 @@ FROM notifications n WHERE n.id = ?
 
 
 async def _claim(now: int, lease_ms: int, limit: int, db: aiosqlite.Connection) -> list[DueEscalation]:
-    from .sqlite import _row_to_notification  # the row shape is the store's
+    from .sqlite_reads import row_to_notification  # the row shape is the store's (it imports this module)
 
     claimed = []
     for id, user, unless, due_at, attempts in await db.execute_fetchall(_DUE, (now, limit)):
         await db.execute("UPDATE escalations SET next_at = ?, attempts = attempts + 1 WHERE id = ? AND user = ?",
                          (now + lease_ms, id, user))
         rows = list(await db.execute_fetchall(_CONTEXT, (user, user, id)))
-        notification = _row_to_notification(rows[0]) if rows else None
+        notification = row_to_notification(rows[0]) if rows else None
         claimed.append(DueEscalation(id, user, unless, due_at, attempts + 1, notification,
                                      bool(rows and rows[0][8]), bool(rows and rows[0][9])))
     return claimed
