@@ -198,8 +198,7 @@ async def test_response_is_not_started_when_state_cannot_be_read(
 
     monkeypatch.setattr(store, "state", state)
     feed = make_feed(hub, store, start=start)
-    with pytest.raises(StoreUnavailable):
-        await feed.run(Sink())
+    assert await feed.run(Sink()) == "error"  # logged; the transport answers with the 503
     assert not feed.started and hub.count() == 0
 
 
@@ -341,9 +340,8 @@ async def test_live_overflow_cancels_a_blocked_send(hub: Hub, store: SQLiteStore
         await blocked.wait()
     await add(store)
     await add(store)  # two buffered behind a one-event buffer: overflow
-    with pytest.raises(asyncio.CancelledError):
-        async with asyncio.timeout(5):
-            await task
+    async with asyncio.timeout(5):  # the blocked send is abandoned: the run ends
+        assert await task == "overflow"
     assert feed.close_reason == "overflow"
     assert hub.stats.slow_disconnects == 1
     assert hub.count() == 0
