@@ -407,3 +407,21 @@ async def test_far_expiry_sends_no_warning_yet(hub: Hub, store: SQLiteStore) -> 
     async with Running(make_feed(hub, store, expires_at=time.time() + 3600, heartbeat=0.05), sink):
         await sink.wait_for(lambda: KEEPALIVE in sink.events)
     assert "token-expiring" not in sink.kinds()
+
+
+async def test_client_gone_ends_the_run_and_unregisters(hub: Hub, store: SQLiteStore) -> None:
+    """The transport's watcher calls ``client_gone``: before the run starts, the run ends
+    at once without registering; during it, the parked task is woken and ends "gone"."""
+    early = make_feed(hub, store)
+    early.client_gone()
+    assert await early.run(Sink()) == "gone" and not early.started and hub.count() == 0
+
+    sink = Sink()
+    feed = make_feed(hub, store)
+    task = asyncio.create_task(feed.run(sink))
+    await sink.wait_for(lambda: len(sink.events) == 1)  # hello: live, parked in its wait
+    assert hub.count() == 1
+    feed.client_gone()
+    async with asyncio.timeout(5):
+        assert await task == "gone"
+    assert hub.count() == 0 and hub.user_count() == 0
