@@ -14,6 +14,7 @@ import contextlib
 import gc
 import logging
 import re
+from collections.abc import Awaitable
 from importlib.metadata import version
 from typing import Any
 
@@ -79,20 +80,24 @@ class _LeanRoutes:
         self.sse, self.ws, self.publish = (
             SSEEndpoint(service), WebSocketEndpoint(service), PublishEndpoint(service))
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Awaitable[None]:
+        """The chosen handler's coroutine, for the server to await: a plain function, not
+        a coroutine, so that no frame of its own stays on an open stream's stack. (A server
+        that tells ASGI from WSGI by ``iscoroutinefunction`` must be told it is ASGI:
+        ``serve`` passes ``mode="asgi"``.)"""
         if scope["type"] != "lifespan" and _head_size(scope) > self.max_header:
-            return await _refuse_head(scope, receive, send, self.max_header)
+            return _refuse_head(scope, receive, send, self.max_header)
         path = scope.get("path", "")
         if "//" in path:  # Quart's router matches "//notifications" as "/notifications"
             path = _SLASHES.sub("/", path)
         if scope["type"] == "http":
             if path == "/notifications" and scope["method"] == "POST":
-                return await self.publish(scope, receive, send)
+                return self.publish(scope, receive, send)
             if path == "/events":
-                return await self.sse(scope, receive, send)
+                return self.sse(scope, receive, send)
         elif scope["type"] == "websocket" and path == "/ws":
-            return await self.ws(scope, receive, send)
-        await self.app(scope, receive, send)
+            return self.ws(scope, receive, send)
+        return self.app(scope, receive, send)
 
 
 def _head_size(scope: dict[str, Any]) -> int:

@@ -127,8 +127,9 @@ async def _serve(settings: Settings) -> None:
     logging.getLogger("sse_notify").info("%s", start_line(settings))
     lean.install()  # smaller per-connection objects (tested Hypercorn versions only)
     # The app's ASGI callable itself (Quart's __call__ only awaits it): one frame less
-    # per open stream.
-    await hypercorn_serve(app.asgi_app, config, shutdown_trigger=shutdown_trigger)
+    # per open stream. mode="asgi": its router is a plain function returning the handler's
+    # coroutine (another frame less), which Hypercorn would not recognise as ASGI.
+    await hypercorn_serve(app.asgi_app, config, shutdown_trigger=shutdown_trigger, mode="asgi")
 
 
 def start_line(settings: Settings) -> str:

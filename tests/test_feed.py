@@ -198,8 +198,7 @@ async def test_response_is_not_started_when_state_cannot_be_read(
 
     monkeypatch.setattr(store, "state", state)
     feed = make_feed(hub, store, start=start)
-    with pytest.raises(StoreUnavailable):
-        await feed.run(Sink())
+    assert await feed.run(Sink()) == "error"  # logged; the transport answers with the 503
     assert not feed.started and hub.count() == 0
 
 
@@ -341,9 +340,8 @@ async def test_live_overflow_cancels_a_blocked_send(hub: Hub, store: SQLiteStore
         await blocked.wait()
     await add(store)
     await add(store)  # two buffered behind a one-event buffer: overflow
-    with pytest.raises(asyncio.CancelledError):
-        async with asyncio.timeout(5):
-            await task
+    async with asyncio.timeout(5):  # the blocked send is abandoned: the run ends
+        assert await task == "overflow"
     assert feed.close_reason == "overflow"
     assert hub.stats.slow_disconnects == 1
     assert hub.count() == 0
@@ -409,3 +407,21 @@ async def test_far_expiry_sends_no_warning_yet(hub: Hub, store: SQLiteStore) -> 
     async with Running(make_feed(hub, store, expires_at=time.time() + 3600, heartbeat=0.05), sink):
         await sink.wait_for(lambda: KEEPALIVE in sink.events)
     assert "token-expiring" not in sink.kinds()
+
+
+async def test_client_gone_ends_the_run_and_unregisters(hub: Hub, store: SQLiteStore) -> None:
+    """The transport's watcher calls ``client_gone``: before the run starts, the run ends
+    at once without registering; during it, the parked task is woken and ends "gone"."""
+    early = make_feed(hub, store)
+    early.client_gone()
+    assert await early.run(Sink()) == "gone" and not early.started and hub.count() == 0
+
+    sink = Sink()
+    feed = make_feed(hub, store)
+    task = asyncio.create_task(feed.run(sink))
+    await sink.wait_for(lambda: len(sink.events) == 1)  # hello: live, parked in its wait
+    assert hub.count() == 1
+    feed.client_gone()
+    async with asyncio.timeout(5):
+        assert await task == "gone"
+    assert hub.count() == 0 and hub.user_count() == 0

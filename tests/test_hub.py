@@ -93,6 +93,28 @@ async def test_dispatch_to_own_streams_only() -> None:
         assert ids(await drain(b)) == [2]
 
 
+async def test_a_users_streams_open_and_close_in_any_order() -> None:
+    """One stream is held as itself, two or more in a set, back to one when one is left:
+    counts, presence and dispatch agree through every step, whichever stream closes."""
+    hub = Hub()
+    first, second, third = (hub.subscribe("alice") for _ in range(3))
+    await first.__aenter__()
+    assert hub.user_streams() == {"alice": 1} and hub.take_changed() == {"alice": 1}
+    await second.__aenter__()
+    await third.__aenter__()
+    assert hub.user_streams() == {"alice": 3} and hub.take_changed() == {"alice": 3}
+    await first.__aexit__(None, None, None)
+    await third.__aexit__(None, None, None)
+    assert (hub.count(), hub.user_count(), hub.user_streams()) == (1, 1, {"alice": 1})
+    assert hub.take_changed() == {"alice": 1}
+    hub.dispatch([note(1, "alice")])
+    assert ids(await drain(second)) == [1]
+    assert first.take() == [] and third.take() == []  # the closed ones no longer receive
+    await second.__aexit__(None, None, None)
+    assert (hub.count(), hub.user_count(), hub.user_streams()) == (0, 0, {})
+    assert hub.take_changed() == {"alice": 0}
+
+
 async def test_broadcast_reaches_every_stream() -> None:
     hub = Hub()
     async with hub.subscribe("alice") as a, hub.subscribe("bob") as b, hub.subscribe("carol", transport="ws") as c:

@@ -1,21 +1,18 @@
 """Small ASGI helpers shared by the lean endpoints: request parts, JSON answers, and how a
-stream's feed runs while the client's end is watched (by the server's disconnect hook
-where it has one, else by a task reading ``receive``).
+stream's client is watched while its feed runs (by the server's disconnect hook where it
+has one, else by a task reading ``receive``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qsl
 
 from .._hypercorn.lean import disconnect_hook
 from ..errors import ApiError
-from ..feed import Feed, Send
-
-log = logging.getLogger(__name__)
+from ..feed import Feed
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -68,55 +65,32 @@ async def send_within(send: ASGISend, message: dict[str, Any], timeout: float = 
         pass
 
 
-async def run_feed(feed: Feed, write: Send, client: Awaitable[None] | None = None, *,
-                   receive: Receive | None = None) -> str:
-    """Run ``feed`` in the calling task until the client has gone; whichever ends first
-    stops the other. How the client's end is seen: given ``receive`` (a client that sends
-    nothing more), the server's disconnect hook where it has one
-    (:func:`~sse_notify._hypercorn.lean.disconnect_hook`: no task at all), else a second
-    task reading ``receive`` until the disconnect; given ``client``, a second task running
-    it (it ends when the client has gone). Returns why the stream ended: ``"gone"``, the
-    hub's close reason (``"overflow"``, ``"shutdown"``), the feed's own end
-    (``"expired"``), or ``"error"``.
-
-    The feed runs in the request's own task rather than a task of its own: one task less
-    per open stream. Both ways of stopping it -- the client gone, the hub closing the
-    stream -- cancel this task; any other cancellation (the server going away) propagates.
-    """
-    task = asyncio.current_task()
-    assert task is not None
-    running = True
-    gone = False
-
-    def client_ended(_: object = None) -> None:
-        nonlocal gone
-        if running and not gone:
-            gone = True
-            task.cancel()
-
+def watch_client(feed: Feed, receive: Receive | None = None,
+                 client: Awaitable[None] | None = None) -> asyncio.Future[None] | None:
+    """Call ``feed.client_gone`` when the client has gone, which ends
+    :meth:`~sse_notify.feed.Feed.run` in the calling task. How the end is seen: given
+    ``receive`` (a client that sends nothing more), the server's disconnect hook where it
+    has one (:func:`~sse_notify._hypercorn.lean.disconnect_hook`: no task at all), else a
+    task reading ``receive`` until the disconnect; given ``client``, a task running it (it
+    ends when the client has gone). Returns that task, if any: hand it to
+    :func:`unwatch_client` once the feed has ended."""
     hook = None if receive is None else disconnect_hook(receive)
-    watcher: asyncio.Future[None] | None = None
     if hook is not None:
-        hook(client_ended)
-    else:
-        watcher = asyncio.ensure_future(client if receive is None else _disconnected(receive))
-        watcher.add_done_callback(client_ended)
-    try:
-        return await feed.run(write)
-    except asyncio.CancelledError:
-        if not gone and feed.close_reason is None:
-            raise
-        task.uncancel()
-        return "gone" if gone else feed.close_reason  # type: ignore[return-value]
-    except Exception as exc:
-        log.error("%s stream failed: %r", feed.transport, exc)
-        return "error"
-    finally:
-        running = False
+        hook(feed.client_gone)
+        return None
+    watcher = asyncio.ensure_future(client if receive is None else _disconnected(receive))
+    watcher.add_done_callback(feed.client_gone)
+    return watcher
+
+
+def unwatch_client(receive: Receive | None, watcher: asyncio.Future[None] | None) -> None:
+    """Stop what :func:`watch_client` started (a feed that has ended ignores the call)."""
+    if watcher is not None:
+        watcher.cancel()
+    elif receive is not None:
+        hook = disconnect_hook(receive)
         if hook is not None:
             hook(None)
-        if watcher is not None:
-            watcher.cancel()
 
 
 async def _disconnected(receive: Receive) -> None:

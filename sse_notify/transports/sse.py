@@ -4,9 +4,10 @@ Headers and the ``retry:`` field are flushed before anything else, so ``EventSou
 fires at once -- but only once the stream is subscribed and its user's state read (the
 feed calls back to start the response): whatever commits after a client has seen the
 headers reaches it. Storage failing before that is still answered with the JSON 503.
-The feed runs in the request's task; the client going away is seen by Hypercorn's
-disconnect hook (:mod:`~sse_notify._hypercorn.lean`), else by one watcher task reading
-``receive`` (:func:`~.asgi.run_feed`). Queued events are written in one chunk per
+The feed (the stream itself, with its ASGI ``send`` and direct writer: no closures per
+stream) runs in the request's task, two frames deep below Hypercorn's; the client going
+away is seen by Hypercorn's disconnect hook (:mod:`~sse_notify._hypercorn.lean`), else by
+one watcher task reading ``receive`` (:func:`~.asgi.watch_client`). Queued events are written in one chunk per
 wake-up, not one send per event. Over HTTP/1.1 on plain TCP, once the replay is over, the
 hub writes live events and keepalives itself, straight to the connection
 (:mod:`~sse_notify._hypercorn.direct`); elsewhere (HTTP/2, TLS) and whenever the socket
@@ -15,19 +16,21 @@ is not keeping up, the stream's task sends them through ASGI.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
 
 from ..auth import subscriber_token, verify_subscriber
 from ..cors import cors_headers, preflight_headers
 from ..errors import ApiError
-from ..feed import Feed, parse_cursor, parse_topics
-from ..hub import Push
+from ..feed import Feed, Start, parse_cursor, parse_topics
 from ..limits import Slot
 from ..models import valid_name
 from ..service import Service
 from ..wire import Outbound, sse_retry
 from .._hypercorn.direct import BodyWriter, body_writer
 from .asgi import (
-    ASGISend, Receive, Scope, query_params, request_headers, run_feed, send_error, send_within,
+    ASGISend, Receive, Scope, query_params, request_headers, send_error, send_within, unwatch_client,
+    watch_client,
 )
 
 __all__ = ["SSEEndpoint", "stream_topics"]
@@ -43,18 +46,22 @@ def stream_topics(query: dict[str, str]) -> frozenset[str] | None:
 class SSEEndpoint:
     def __init__(self, service: Service):
         self.service = service
+        self._retry = sse_retry(service.settings.retry)
+        #: The response head without CORS headers: one dict shared by every stream
+        #: (Hypercorn keeps the head it was sent for the life of the response).
+        self._head = _head(())
 
     async def __call__(self, scope: Scope, receive: Receive, send: ASGISend) -> None:
         admitted = await self._admit(scope, send)
         if admitted is None:
             return
         feed, slot, cors = admitted
-
-        async def write(events: list[Outbound]) -> None:
-            await send({"type": "http.response.body", "body": _chunk(events), "more_body": True})
-
         with slot:
-            reason = await run_feed(feed, write, receive=receive)
+            watcher = watch_client(feed, receive)
+            try:
+                reason = await feed.run(feed.write)
+            finally:
+                unwatch_client(receive, watcher)
         if reason == "gone":
             return
         if feed.started:
@@ -62,7 +69,7 @@ class SSEEndpoint:
         else:  # storage failed (or the server began shutting down) before the stream started
             await send_error(send, ApiError.unavailable("The stream could not start; try again."), cors)
 
-    async def _admit(self, scope: Scope, send: ASGISend) -> tuple[Feed, Slot, tuple[tuple[str, str], ...]] | None:
+    async def _admit(self, scope: Scope, send: ASGISend) -> tuple[_SSEFeed, Slot, tuple[tuple[str, str], ...]] | None:
         """Check the request and take a stream slot: the feed (which starts the response
         when the stream is subscribed), the slot and the CORS headers (for an error answer
         if it never starts), or None when the request was answered otherwise. (A function
@@ -90,32 +97,51 @@ class SSEEndpoint:
             return None
 
         raw_cursor = headers["last-event-id"] if "last-event-id" in headers else query.get("last_event_id")
-        head = {"type": "http.response.start", "status": 200, "headers": [
-            (b"content-type", b"text/event-stream; charset=utf-8"),
-            (b"cache-control", b"no-cache"),
-            (b"x-accel-buffering", b"no"),
-            *((k.lower().encode(), v.encode()) for k, v in cors),
-        ]}
-        retry = sse_retry(settings.retry)
+        head = _head(cors) if cors else self._head
+        retry = self._retry
 
         async def start() -> None:
             await send(head)
             await send({"type": "http.response.body", "body": retry, "more_body": True})
 
-        feed = Feed(self.service.hub, self.service.store, claims.subject, transport="sse",
-                    topics=topics, cursor=parse_cursor(raw_cursor),
-                    expires_at=claims.expires_at, heartbeat=settings.heartbeat, start=start,
-                    push=_pusher(body_writer(scope, send)))
+        feed = _SSEFeed(self.service, claims.subject, topics, parse_cursor(raw_cursor),
+                        claims.expires_at, start, send, body_writer(scope, send))
         return feed, slot, tuple(cors)  # () without CORS: a shared empty tuple
+
+
+class _SSEFeed(Feed):
+    """The feed of one ``/events`` response: its events as SSE chunks, through ASGI
+    (:meth:`write`) or, live, pushed straight to the connection (:meth:`push_chunk`)."""
+
+    __slots__ = ("send", "direct")
+
+    def __init__(self, service: Service, user: str, topics: frozenset[str] | None,
+                 cursor: int | None, expires_at: float | None, start: Start,
+                 send: ASGISend, direct: BodyWriter | None):
+        super().__init__(service.hub, service.store, user, transport="sse", topics=topics,
+                         cursor=cursor, expires_at=expires_at,
+                         heartbeat=service.settings.heartbeat, start=start)
+        self.send = send
+        self.direct = direct
+        if direct is not None:
+            self.push = self.push_chunk
+
+    async def write(self, events: list[Outbound]) -> None:
+        await self.send({"type": "http.response.body", "body": _chunk(events), "more_body": True})
+
+    def push_chunk(self, events: list[Outbound]) -> bool:
+        """The hub's push for this stream: its events as one SSE chunk, written directly."""
+        return self.direct(_chunk(events))  # type: ignore[misc]
+
+
+def _head(cors: Iterable[tuple[str, str]]) -> dict[str, Any]:
+    return {"type": "http.response.start", "status": 200, "headers": [
+        (b"content-type", b"text/event-stream; charset=utf-8"),
+        (b"cache-control", b"no-cache"),
+        (b"x-accel-buffering", b"no"),
+        *((k.lower().encode(), v.encode()) for k, v in cors),
+    ]}
 
 
 def _chunk(events: list[Outbound]) -> bytes:
     return events[0].sse if len(events) == 1 else b"".join([e.sse for e in events])
-
-
-def _pusher(direct: BodyWriter | None) -> Push | None:
-    """The hub's push for this stream: its events as one SSE chunk, written directly."""
-    if direct is None:
-        return None
-    return lambda events: direct(_chunk(events))
-

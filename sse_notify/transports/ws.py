@@ -10,7 +10,7 @@ whatever commits from then on reaches it. An auth frame needs the upgrade first;
 ``auth_success`` is that moment. After auth the feed runs in the connection's
 task while a receiver task answers the client's frames (``read``, ``ping``); bad frames
 get an error frame and the socket stays open. The receiver ending (the client closed)
-ends the feed (:func:`~.asgi.run_feed`). Over HTTP/1.1 on plain TCP, once the replay is
+ends the feed (:func:`~.asgi.watch_client`). Over HTTP/1.1 on plain TCP, once the replay is
 over, the hub writes live events itself, several frames in one write (:mod:`~sse_notify._hypercorn.direct`);
 the task sends through ASGI otherwise. ``permessage-deflate`` is declined (a compressed
 socket keeps zlib state each way: 22 KiB -> 113 KiB per connection).
@@ -26,15 +26,16 @@ import orjson
 
 from ..auth import bearer, verify_subscriber
 from ..errors import ApiError
-from ..feed import Feed, parse_cursor
-from ..hub import Push
+from ..feed import Feed, Start, parse_cursor
+from ..limits import Slot
 from ..schemas import MarkReadBody, parse
 from ..service import Service
 from ..store import StoreUnavailable
-from ..tokens import Claims
 from ..wire import KEEPALIVE, Outbound, ws_frame
 from .._hypercorn.direct import BodyWriter, frame_writer, refuse_permessage_deflate
-from .asgi import ASGISend, Receive, Scope, query_params, request_headers, run_feed, send_within
+from .asgi import (
+    ASGISend, Receive, Scope, query_params, request_headers, send_within, unwatch_client, watch_client,
+)
 from .sse import stream_topics
 
 __all__ = ["WebSocketEndpoint"]
@@ -60,17 +61,34 @@ class WebSocketEndpoint:
         if (await receive())["type"] != "websocket.connect":
             return
         try:
-            await self._serve(scope, receive, send)
+            opened = await self._open(scope, receive, send)
         except _Disconnected:
-            pass
+            return
+        if opened is None:
+            return
+        feed, slot, accepted = opened
+        with slot:
+            watcher = watch_client(feed, client=self._answer_frames(receive, send, feed.user))
+            try:
+                reason = await feed.run(feed.write)
+            finally:
+                unwatch_client(None, watcher)
+        if reason != "gone":
+            if not (accepted or feed.started):  # storage failed before the stream started
+                await send(ACCEPT)
+            await send_within(send, {"type": "websocket.close", "code": CLOSE_CODES.get(reason, 1011)})
 
-    async def _serve(self, scope: Scope, receive: Receive, send: ASGISend) -> None:
+    async def _open(self, scope: Scope, receive: Receive, send: ASGISend) -> tuple[_WSFeed, Slot, bool] | None:
+        """Authenticate and take a stream slot: the feed, the slot and whether the upgrade
+        was accepted already, or None when the socket was refused. (A function of its own
+        so that the request's parts and the token's claims are not kept for the life of
+        the stream.)"""
         headers, query = request_headers(scope), query_params(scope)
         try:
             topics = stream_topics(query)
         except ApiError as error:
             await _refuse(send, False, error, 1008)
-            return
+            return None
         token = bearer(headers["authorization"]) if "authorization" in headers else query.get("token")
         raw_cursor: Any = query.get("last_event_id")
         accepted = token is None
@@ -79,13 +97,15 @@ class WebSocketEndpoint:
             token, raw_cursor = await self._auth_frame(receive, send)
         try:
             claims = verify_subscriber(self.service.signer, token)
+            slot = self.service.slots.take(claims.subject)
         except ApiError as error:
-            await _refuse(send, accepted, error, 4401)
-            return
+            await _refuse(send, accepted, error, REFUSED_CODES.get(error.status, 4401))
+            return None
         cursor = raw_cursor if type(raw_cursor) is int and raw_cursor >= 0 else parse_cursor(
             raw_cursor if isinstance(raw_cursor, str) else None)
-        await self._stream(receive, send, accepted, claims, topics, cursor,
-                           _pusher(frame_writer(scope, send)))
+        feed = _WSFeed(self.service, claims.subject, topics, cursor, claims.expires_at,
+                       None if accepted else partial(send, ACCEPT), send, frame_writer(scope, send))
+        return feed, slot, accepted
 
     async def _auth_frame(self, receive: Receive, send: ASGISend) -> tuple[str | None, Any]:
         """Wait for ``{"type": "auth", ...}``; None as the token means "no valid auth"."""
@@ -97,31 +117,6 @@ class WebSocketEndpoint:
         if not isinstance(frame, dict) or frame.get("type") != "auth" or not isinstance(frame.get("token"), str):
             return None, None
         return frame["token"], frame.get("last_event_id")
-
-    async def _stream(self, receive: Receive, send: ASGISend, accepted: bool, claims: Claims,
-                      topics: frozenset[str] | None, cursor: int | None, push: Push | None) -> None:
-        settings = self.service.settings
-        try:
-            slot = self.service.slots.take(claims.subject)
-        except ApiError as error:
-            await _refuse(send, accepted, error, REFUSED_CODES[error.status])
-            return
-        feed = Feed(self.service.hub, self.service.store, claims.subject, transport="ws",
-                    topics=topics, cursor=cursor, expires_at=claims.expires_at,
-                    heartbeat=settings.heartbeat, start=None if accepted else partial(send, ACCEPT),
-                    push=push)
-
-        async def write(events: list[Outbound]) -> None:
-            for event in events:
-                if event is not KEEPALIVE:  # WebSocket has its own pings (Hypercorn's)
-                    await send({"type": "websocket.send", "text": event.ws})
-
-        with slot:
-            reason = await run_feed(feed, write, self._answer_frames(receive, send, claims.subject))
-        if reason != "gone":
-            if not (accepted or feed.started):  # storage failed before the stream started
-                await send(ACCEPT)
-            await send_within(send, {"type": "websocket.close", "code": CLOSE_CODES.get(reason, 1011)})
 
     async def _answer_frames(self, receive: Receive, send: ASGISend, user: str) -> None:
         while True:
@@ -154,11 +149,32 @@ class WebSocketEndpoint:
 _UNPARSEABLE = object()
 
 
-def _pusher(direct: BodyWriter | None) -> Push | None:
-    """The hub's push for this stream: its events as frames in one write, directly."""
-    if direct is None:
-        return None
-    return lambda events: direct(b"".join([e.ws_wire for e in events if e is not KEEPALIVE]))
+class _WSFeed(Feed):
+    """The feed of one ``/ws`` socket: its events as text frames, through ASGI
+    (:meth:`write`) or, live, several frames in one write straight to the connection
+    (:meth:`push_frames`). Keepalives are not sent: WebSocket has its own pings
+    (Hypercorn's)."""
+
+    __slots__ = ("send", "direct")
+
+    def __init__(self, service: Service, user: str, topics: frozenset[str] | None,
+                 cursor: int | None, expires_at: float | None, start: Start | None,
+                 send: ASGISend, direct: BodyWriter | None):
+        super().__init__(service.hub, service.store, user, transport="ws", topics=topics,
+                         cursor=cursor, expires_at=expires_at,
+                         heartbeat=service.settings.heartbeat, start=start)
+        self.send = send
+        self.direct = direct
+        if direct is not None:
+            self.push = self.push_frames
+
+    async def write(self, events: list[Outbound]) -> None:
+        for event in events:
+            if event is not KEEPALIVE:
+                await self.send({"type": "websocket.send", "text": event.ws})
+
+    def push_frames(self, events: list[Outbound]) -> bool:
+        return self.direct(b"".join([e.ws_wire for e in events if e is not KEEPALIVE]))  # type: ignore[misc]
 
 
 async def _receive_json(receive: Receive) -> Any:
