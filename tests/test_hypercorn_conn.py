@@ -76,7 +76,7 @@ async def start(tmp_path: Path) -> AsyncIterator[Any]:
     assert lean.install() and conn._originals, "conn.install() refused: see the source checks in test_hypercorn_lean"
     servers: list[Server] = []
 
-    async def _start(keep_alive: float = 5, tls: bool = False) -> Server:
+    async def _start(keep_alive: float = 5, tls: bool = False, read_timeout: int | None = None) -> Server:
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -85,6 +85,7 @@ async def start(tmp_path: Path) -> AsyncIterator[Any]:
         config.bind = [f"127.0.0.1:{port}"]
         config.accesslog = None
         config.keep_alive_timeout = keep_alive
+        config.read_timeout = read_timeout
         config.graceful_timeout = 30
         certs = None
         if tls:
@@ -203,3 +204,12 @@ async def test_h2c_with_prior_knowledge(start: Any) -> None:
     async with httpx.AsyncClient(http1=False, http2=True) as client:
         responses = [await client.get(f"http://127.0.0.1:{server.port}/") for _ in range(3)]
     assert [(r.http_version, r.text) for r in responses] == [("HTTP/2", "ok 0")] * 3
+
+
+async def test_with_a_read_timeout_hypercorns_read_loop_serves(start: Any) -> None:
+    server = await start(keep_alive=0.5, read_timeout=10)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    for _ in range(2):
+        assert (await request(writer, reader, "/")).endswith(b"ok 0")
+    async with asyncio.timeout(5):
+        assert await reader.read() == b""  # the keep-alive timeout still closes it

@@ -18,14 +18,16 @@ source is the one in :data:`CHECKED`:
 * ``TCPServer.protocol_send``: a write when the send lock is free and nobody waits for it
   goes straight to the transport, awaiting ``drain()`` under the lock only when it would
   wait (paused, closing, an error); ``Updated`` arms or stops the timer without awaiting;
-* ``TCPServer.run`` and ``_read_data``: Hypercorn's, with the reader's wait inlined
-  (``read`` is called once data is there, so it never suspends) and the ended
-  connection's attributes cleared (:mod:`.lean`'s reason: freed by reference counting);
+* ``TCPServer.run``: Hypercorn's, with ``_read_data``'s loop in its own frame, without
+  ``wait_for`` and with the reader's wait inlined (``read`` is called once data is there,
+  so it never suspends: an idle connection keeps two coroutine frames, not five), and
+  the ended connection's attributes cleared (:mod:`.lean`'s reason: freed by reference
+  counting);
 * ``hypercorn.config.format_date_time`` by one that formats each second once.
 
 HTTP/2 and TLS connections go through the same ``TCPServer``: nothing here depends on the
 protocol above it. Anything unchecked keeps Hypercorn's own code (``read_timeout`` set:
-Hypercorn's read loop; no ``on_set`` on the worker's terminated event: its idle task).
+Hypercorn's ``_read_data``; no ``on_set`` on the worker's terminated event: its idle task).
 """
 
 from __future__ import annotations
@@ -99,10 +101,9 @@ def install() -> bool:
                                  "Lock.acquire": asyncio.Lock.acquire})
     _list_drain_waiters = unchanged(FlowControlMixin=FlowControlMixin)
     server = _tcp_server.TCPServer
-    _originals.update(run=server.run, read_data=server._read_data, send=server.protocol_send,
+    _originals.update(run=server.run, send=server.protocol_send,
                       single_task=_tcp_server.AsyncioSingleTask, date=_config.format_date_time)
     server.run = _run  # type: ignore[method-assign]
-    server._read_data = _read_data  # type: ignore[method-assign]
     server.protocol_send = _protocol_send  # type: ignore[method-assign]
     _tcp_server.AsyncioSingleTask = IdleTimer  # type: ignore[misc]
     _config.format_date_time = cached_date  # type: ignore[assignment]
@@ -114,7 +115,6 @@ def uninstall() -> None:
         return
     server = _tcp_server.TCPServer
     server.run = _originals["run"]  # type: ignore[method-assign]
-    server._read_data = _originals["read_data"]  # type: ignore[method-assign]
     server.protocol_send = _originals["send"]  # type: ignore[method-assign]
     _tcp_server.AsyncioSingleTask = _originals["single_task"]  # type: ignore[misc]
     _config.format_date_time = _originals["date"]  # type: ignore[assignment]
@@ -240,7 +240,25 @@ async def _run(self: Any) -> None:
             )
             await self.protocol.initiate()
             await self.idle_task.restart(task_group, self._idle_timeout)
-            await self._read_data()
+            if self.config.read_timeout is not None:
+                await self._read_data()
+            else:  # _read_data's loop, without wait_for, here: one coroutine frame less
+                _lean_writer(self.writer)
+                reader, loop = self.reader, self.loop
+                while not reader.at_eof():
+                    try:
+                        waiter = _waiter(reader, loop)
+                        if waiter is not None:  # StreamReader._wait_for_data, inlined
+                            try:
+                                await waiter
+                            finally:
+                                reader._waiter = None
+                        data = await reader.read(_tcp_server.MAX_RECV)
+                    except (ConnectionError, OSError, asyncio.TimeoutError, TimeoutError, SSLError):
+                        break
+                    else:
+                        await self.protocol.handle(RawData(data))
+                await self.protocol.handle(Closed())
     except OSError:
         pass
     finally:
@@ -250,35 +268,26 @@ async def _run(self: Any) -> None:
             self.__dict__.clear()
 
 
-async def _read_data(self: Any) -> None:
-    """Hypercorn 0.18's ``_read_data`` without ``wait_for`` (no read timeout) and with
-    ``StreamReader._wait_for_data`` inlined: an idle connection keeps no reader frames."""
-    if self.config.read_timeout is not None:
-        return await _originals["read_data"](self)
+def _lean_writer(writer: Any) -> None:
+    """A list for the stream protocol's drain waiters instead of its 760-byte deque."""
     if _list_drain_waiters:
-        protocol = getattr(self.writer, "_protocol", None)
+        protocol = getattr(writer, "_protocol", None)
         if type(getattr(protocol, "_drain_waiters", None)) is deque and not protocol._drain_waiters:
             protocol._drain_waiters = []
-    reader = self.reader
-    loop = self.loop
-    while not reader.at_eof():
-        try:
-            if (_inline_wait and not reader._buffer and not reader._eof and reader._exception is None
-                    and reader._waiter is None):
-                if reader._paused:
-                    reader._paused = False
-                    reader._transport.resume_reading()
-                waiter = reader._waiter = loop.create_future()
-                try:
-                    await waiter
-                finally:
-                    reader._waiter = None
-            data = await reader.read(_tcp_server.MAX_RECV)
-        except (ConnectionError, OSError, asyncio.TimeoutError, TimeoutError, SSLError):
-            break
-        else:
-            await self.protocol.handle(RawData(data))
-    await self.protocol.handle(Closed())
+
+
+def _waiter(reader: Any, loop: Any) -> asyncio.Future[None] | None:
+    """When the reader has nothing yet: the future its ``feed_data``/``feed_eof`` will
+    wake, as ``_wait_for_data`` makes it (awaited by the connection's own frame, so an
+    idle connection keeps no reader frames); None where ``read`` would not wait."""
+    if (not _inline_wait or reader._buffer or reader._eof or reader._exception is not None
+            or reader._waiter is not None):
+        return None
+    if reader._paused:
+        reader._paused = False
+        reader._transport.resume_reading()
+    waiter = reader._waiter = loop.create_future()
+    return waiter
 
 
 async def _protocol_send(self: Any, event: Any) -> None:
