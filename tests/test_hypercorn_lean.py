@@ -18,7 +18,7 @@ import pytest
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
-from sse_notify._hypercorn import lean
+from sse_notify._hypercorn import conn, lean
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -224,10 +224,22 @@ def test_the_replaced_hypercorn_source_is_the_checked_one() -> None:
     from hypercorn.app_wrappers import ASGIWrapper
     from hypercorn.asyncio import task_group, tcp_server, worker_context
 
-    for obj in (task_group.TaskGroup.spawn_app, tcp_server.TCPServer._read_data,
-                worker_context.EventWrapper, task_group._handle, ASGIWrapper.__call__,
-                tcp_server.TCPServer.run):
+    for obj in (task_group.TaskGroup.spawn_app, worker_context.EventWrapper, task_group._handle,
+                ASGIWrapper.__call__):
         assert lean.unchanged(obj), f"{obj.__qualname__} is not the source lean.py replaces"
+    # conn.py's: Hypercorn's connection loop, and the asyncio pieces it relies on.
+    import asyncio.streams
+    from hypercorn.config import Config
+
+    checked = {"TCPServer": tcp_server.TCPServer, "AsyncioSingleTask": worker_context.AsyncioSingleTask,
+               "Config.response_headers": Config.response_headers,
+               "StreamReader.read": asyncio.streams.StreamReader.read,
+               "StreamReader._wait_for_data": asyncio.streams.StreamReader._wait_for_data,
+               "StreamWriter.drain": asyncio.streams.StreamWriter.drain,
+               "Lock.acquire": asyncio.Lock.acquire, "FlowControlMixin": asyncio.streams.FlowControlMixin}
+    assert set(checked) == set(conn.CHECKED)
+    for name, obj in checked.items():
+        assert conn.unchanged(**{name: obj}), f"{name} is not the source conn.py was checked against"
 
 
 async def open_stream(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -270,8 +282,20 @@ async def test_another_version_installs_nothing(monkeypatch: pytest.MonkeyPatch)
 
 
 async def test_a_changed_source_installs_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(lean.CHECKED, "TCPServer._read_data", "0" * 16)
+    monkeypatch.setitem(lean.CHECKED, "TaskGroup.spawn_app", "0" * 16)
     assert not lean.install() and not lean.installed()
+
+
+async def test_a_changed_connection_loop_keeps_hypercorns(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hypercorn.asyncio import tcp_server
+
+    monkeypatch.setitem(conn.CHECKED, "TCPServer", "0" * 16)
+    stock_run = tcp_server.TCPServer.run
+    try:
+        assert lean.install()  # the queue and event still go in
+        assert tcp_server.TCPServer.run is stock_run and tcp_server.AsyncioSingleTask is not conn.IdleTimer
+    finally:
+        lean.uninstall()
 
 
 

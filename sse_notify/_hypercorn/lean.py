@@ -13,17 +13,16 @@ versions only:
   leaves the queue as it was and passes a wake-up on), in lists made only when needed;
 * ``WorkerContext.event_class`` by :class:`LeanEvent`, ``EventWrapper``'s interface over
   a flag and a list of waiters made only while someone waits;
-* ``TCPServer._read_data`` by the same loop without ``wait_for`` when ``read_timeout``
-  is None (Hypercorn's default and the service's), Hypercorn's own otherwise; it also
-  gives the connection's asyncio stream protocol a list for its drain waiters instead of
-  a deque (where asyncio's ``FlowControlMixin`` is the checked one: Python 3.11.7);
 * the task of an ASGI app awaits the app itself, not ``ASGIWrapper`` around it;
-* ``TCPServer.run`` by Hypercorn's own followed by clearing the ended connection's
-  attributes: its objects (the server, its protocol, h11 connection, streams, task group,
-  reader and writer: about 35 per connection) refer to one another in cycles, so
-  without this every closed connection stays in memory until a full enough collection
-  finds it -- under connect/disconnect churn the heap's high-water mark kept rising.
-  Cleared, they are freed by reference counting the moment the connection ends.
+* and, through :mod:`.conn`, ``TCPServer``'s connection loop: a timer handle for the
+  idle timeout, writes without the send lock when nobody waits for it, reads without
+  ``wait_for`` or reader frames, a ``Date`` header formatted once a second, and the
+  ended connection's attributes cleared: its objects (the server, its protocol, h11
+  connection, streams, task group, reader and writer: about 35 per connection) refer to
+  one another in cycles, so without this every closed connection stays in memory until a
+  full enough collection finds it -- under connect/disconnect churn the heap's
+  high-water mark kept rising. Cleared, they are freed by reference counting the moment
+  the connection ends.
 
 :func:`disconnect_hook` is the other half, shaped as an ASGI extension a server could
 offer: from an ASGI ``receive`` it finds the :class:`AppQueue` behind it and returns a
@@ -40,22 +39,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
-from asyncio.streams import FlowControlMixin
-from collections import deque
 from collections.abc import Callable
 from functools import partial
-from ssl import SSLError
 from typing import Any
 
-from . import supported
+from . import conn, supported
 
 try:  # what is replaced and what the replacements call (absent: nothing is installed)
-    from hypercorn.asyncio import task_group as _task_group, tcp_server as _tcp_server
+    from hypercorn.asyncio import task_group as _task_group
     from hypercorn.asyncio import worker_context as _worker_context
     from hypercorn.app_wrappers import ASGIWrapper
     from hypercorn.asyncio.task_group import _handle
-    from hypercorn.asyncio.tcp_server import MAX_RECV
-    from hypercorn.events import Closed, RawData
 except ImportError:  # pragma: no cover
     _task_group = None  # type: ignore[assignment]
 
@@ -69,14 +63,9 @@ DisconnectHook = Callable[[Callable[[], object] | None], None]
 #: ``inspect.getsource``, first 16 hex digits): any other source and nothing is installed.
 CHECKED = {
     "TaskGroup.spawn_app": "6606faaadfc368e3",
-    "TCPServer._read_data": "8e7ad8f4bfca2fd2",
     "EventWrapper": "04c3221b13f0a31f",
     "_handle": "e37cfe3db06eb470",
     "ASGIWrapper.__call__": "5d03a825739dd4e8",
-    "TCPServer.run": "9437d01a916d887b",
-    # asyncio's, as Python 3.11.7 has it: it uses its drain waiters only with append,
-    # remove and iteration, which a list does as well as its 760-byte deque.
-    "FlowControlMixin": "5eea7d0e63642ff8",
 }
 
 _DISCONNECTS = frozenset({"http.disconnect", "websocket.disconnect"})
@@ -235,6 +224,17 @@ class LeanEvent:
     def is_set(self) -> bool:
         return self._flag
 
+    def on_set(self, callback: Callable[[], object]) -> None:
+        """Call ``callback()`` from the loop once the event is set (soon, if it is)."""
+        waiter = asyncio.get_running_loop().create_future()
+        waiter.add_done_callback(lambda _: callback())
+        if self._flag:
+            waiter.set_result(None)
+        else:
+            if self._waiters is None:
+                self._waiters = []
+            self._waiters.append(waiter)
+
 
 def disconnect_hook(receive: Callable[..., Any]) -> DisconnectHook | None:
     """For an ASGI ``receive`` served by :class:`AppQueue`: its
@@ -248,8 +248,6 @@ def disconnect_hook(receive: Callable[..., Any]) -> DisconnectHook | None:
 # -- installing ------------------------------------------------------------------------------
 
 _originals: dict[str, Any] = {}
-#: Whether asyncio's stream protocol is the checked one (its drain waiters become a list).
-_list_drain_waiters = False
 
 
 def installed() -> bool:
@@ -276,22 +274,15 @@ def install() -> bool:
         return True
     if not supported() or _task_group is None:
         return False
-    task_group, tcp_server, worker_context = _task_group, _tcp_server, _worker_context
+    task_group, worker_context = _task_group, _worker_context
     spawn_app = task_group.TaskGroup.spawn_app
-    read_data = tcp_server.TCPServer._read_data
-    run = tcp_server.TCPServer.run
     if (worker_context.WorkerContext.event_class is not worker_context.EventWrapper
-            or not unchanged(spawn_app, read_data, worker_context.EventWrapper, _handle,
-                             ASGIWrapper.__call__, run)):
+            or not unchanged(spawn_app, worker_context.EventWrapper, _handle, ASGIWrapper.__call__)):
         return False
-    global _list_drain_waiters
-    _list_drain_waiters = unchanged(FlowControlMixin)
-    _originals.update(spawn_app=spawn_app, read_data=read_data, run=run,
-                      event_class=worker_context.WorkerContext.event_class)
+    _originals.update(spawn_app=spawn_app, event_class=worker_context.WorkerContext.event_class)
     task_group.TaskGroup.spawn_app = _spawn_app  # type: ignore[method-assign]
-    tcp_server.TCPServer._read_data = _read_data  # type: ignore[method-assign]
-    tcp_server.TCPServer.run = _run  # type: ignore[method-assign]
     worker_context.WorkerContext.event_class = LeanEvent  # type: ignore[assignment]
+    conn.install()  # the connection loop (its own checks; Hypercorn's where they fail)
     return True
 
 
@@ -299,10 +290,9 @@ def uninstall() -> None:
     """Put Hypercorn's own pieces back (for tests)."""
     if not _originals:
         return
-    task_group, tcp_server, worker_context = _task_group, _tcp_server, _worker_context
+    conn.uninstall()
+    task_group, worker_context = _task_group, _worker_context
     task_group.TaskGroup.spawn_app = _originals["spawn_app"]  # type: ignore[method-assign]
-    tcp_server.TCPServer._read_data = _originals["read_data"]  # type: ignore[method-assign]
-    tcp_server.TCPServer.run = _originals["run"]  # type: ignore[method-assign]
     worker_context.WorkerContext.event_class = _originals["event_class"]
     _originals.clear()
 
@@ -336,36 +326,3 @@ async def _handle_asgi(app: Any, config: Any, scope: Any, receive: Any, send: An
         await config.log.exception("Error in ASGI Framework")
     finally:
         await send(None)
-
-
-async def _read_data(self: Any) -> None:
-    """Hypercorn 0.18's ``TCPServer._read_data``, without ``wait_for`` when there is no
-    read timeout (``wait_for(x, None)`` only awaits ``x``, from one more frame)."""
-    if self.config.read_timeout is not None:
-        return await _originals["read_data"](self)
-    if _list_drain_waiters:
-        protocol = getattr(self.writer, "_protocol", None)
-        if type(getattr(protocol, "_drain_waiters", None)) is deque and not protocol._drain_waiters:
-            protocol._drain_waiters = []
-    reader = self.reader
-    while not reader.at_eof():
-        try:
-            data = await reader.read(MAX_RECV)
-        except (ConnectionError, OSError, asyncio.TimeoutError, TimeoutError, SSLError):
-            break
-        else:
-            await self.protocol.handle(RawData(data))
-    await self.protocol.handle(Closed())
-
-
-async def _run(self: Any) -> None:
-    """Hypercorn 0.18's ``TCPServer.run``, then the ended connection lets go of its parts.
-
-    When ``run`` returns, its task group has ended every task of the connection and the
-    socket is closed: nothing calls into this server again. Its attributes hold the cycles
-    (the protocol's ``send`` is this server's bound method, the task group holds the tasks
-    that hold the protocol, ...); clearing them leaves each part to reference counting."""
-    try:
-        await _originals["run"](self)
-    finally:
-        self.__dict__.clear()
