@@ -7,12 +7,14 @@
   SSE stream do without a task waiting for ``http.disconnect``.
 * :mod:`.conn` (installed by :mod:`.lean`): ``TCPServer``'s connection loop with a timer
   handle for the keep-alive timeout, writes without the send lock when nobody waits for
-  it, reads without reader frames, and a ``Date`` header formatted once a second.
+  it, reads without reader frames, and a ``Date`` header formatted once a second; an
+  HTTP/1.1 request without a body run in the connection's own task (reading then goes on
+  by callback), in a task group without ``asyncio.TaskGroup`` (:mod:`.tasks`).
 
 Both act only for the Hypercorn and h11 releases in :data:`TESTED` (wsproto as Hypercorn
 0.18 requires it); anywhere else they step aside and the service uses plain ASGI and
 stock Hypercorn. ``tests/test_transports_direct.py``, ``tests/test_hypercorn_lean.py`` and
-``tests/test_hypercorn_conn.py`` fail loudly when an upgrade changes what they rely on.
+``tests/test_hypercorn_conn.py``, ``tests/test_hypercorn_tasks.py`` fail loudly when an upgrade changes what they rely on.
 """
 
 from __future__ import annotations

@@ -22,7 +22,9 @@ source is the one in :data:`CHECKED`:
   ``wait_for`` and with the reader's wait inlined (``read`` is called once data is there,
   so it never suspends: an idle connection keeps two coroutine frames, not five), and
   the ended connection's attributes cleared (:mod:`.lean`'s reason: freed by reference
-  counting);
+  counting); its task group :mod:`.tasks`' (where Hypercorn's ``TaskGroup`` is the checked
+  one), and on plain TCP an HTTP/1.1 app without a request body run in this task once the
+  data at hand is handled (:class:`_Handover`: one task per streaming connection, not two);
 * ``hypercorn.config.format_date_time`` by one that formats each second once.
 
 HTTP/2 and TLS connections go through the same ``TCPServer``: nothing here depends on the
@@ -39,6 +41,8 @@ from asyncio.streams import FlowControlMixin, StreamReader, StreamWriter
 from collections import deque
 from ssl import SSLError
 from typing import Any
+
+from . import tasks as _tasks
 
 try:
     from hypercorn import config as _config
@@ -70,7 +74,7 @@ CHECKED = {
 
 _originals: dict[str, Any] = {}
 #: Which asyncio-dependent parts are on (their sources are the checked ones).
-_inline_wait = _direct_write = _list_drain_waiters = False
+_inline_wait = _direct_write = _list_drain_waiters = _lean_tasks = False
 
 
 def _fingerprint(obj: Any) -> str:
@@ -88,7 +92,7 @@ def unchanged(**objects: Any) -> bool:
 def install() -> bool:
     """Put the pieces in (once); whether they are in place. The caller checked the
     version gate."""
-    global _inline_wait, _direct_write, _list_drain_waiters
+    global _inline_wait, _direct_write, _list_drain_waiters, _lean_tasks
     if _originals:
         return True
     if (_tcp_server is None or _config.format_date_time is not format_date_time
@@ -100,6 +104,8 @@ def install() -> bool:
     _direct_write = unchanged(**{"StreamWriter.drain": StreamWriter.drain,
                                  "Lock.acquire": asyncio.Lock.acquire})
     _list_drain_waiters = unchanged(FlowControlMixin=FlowControlMixin)
+    _lean_tasks = (_tasks._spawn_app is not None
+                   and _tasks.CHECKED["TaskGroup"] == _fingerprint(_tcp_server.TaskGroup))
     server = _tcp_server.TCPServer
     _originals.update(run=server.run, send=server.protocol_send,
                       single_task=_tcp_server.AsyncioSingleTask, date=_config.format_date_time)
@@ -231,7 +237,8 @@ async def _run(self: Any) -> None:
             ssl = False
             alpn_protocol = "http/1.1"
 
-        async with _tcp_server.TaskGroup(self.loop) as task_group:
+        group = _tasks.LeanTaskGroup if _lean_tasks else _tcp_server.TaskGroup
+        async with group(self.loop) as task_group:
             self._task_group = task_group
             self.protocol = _tcp_server.ProtocolWrapper(
                 self.app, self.config, self.context, task_group,
@@ -245,7 +252,10 @@ async def _run(self: Any) -> None:
             else:  # _read_data's loop, without wait_for, here: one coroutine frame less
                 _lean_writer(self.writer)
                 reader, loop = self.reader, self.loop
-                while not reader.at_eof():
+                # HTTP/1.1 on plain TCP: an app this task may run itself (see _run_held)
+                hold = _inline_wait and not ssl and type(task_group) is _tasks.LeanTaskGroup
+                reading = True
+                while reading and not reader.at_eof():
                     try:
                         waiter = _waiter(reader, loop)
                         if waiter is not None:  # StreamReader._wait_for_data, inlined
@@ -256,9 +266,26 @@ async def _run(self: Any) -> None:
                         data = await reader.read(_tcp_server.MAX_RECV)
                     except (ConnectionError, OSError, asyncio.TimeoutError, TimeoutError, SSLError):
                         break
-                    else:
+                    if not hold:
                         await self.protocol.handle(RawData(data))
-                await self.protocol.handle(Closed())
+                        continue
+                    task_group.hold = True
+                    try:
+                        await self.protocol.handle(RawData(data))
+                    except BaseException:
+                        held, task_group.hold = task_group.hold, None
+                        if held is not True and held is not None:
+                            task_group.create_task(held)  # it runs, as it would have
+                        raise
+                    held, task_group.hold = task_group.hold, None
+                    if held is not True and held is not None:  # see _Handover
+                        handover = _Handover(self, task_group)
+                        try:
+                            await held
+                        finally:
+                            reading = handover.end()
+                if reading:  # else the reader task has it
+                    await self.protocol.handle(Closed())
     except OSError:
         pass
     finally:
@@ -266,6 +293,66 @@ async def _run(self: Any) -> None:
             await self._close()
         finally:
             self.__dict__.clear()
+
+
+class _Handover:
+    """A held HTTP/1.1 app (:func:`.lean._may_hold`) runs in the connection's own task, so
+    that a streaming response's connection keeps one task, not two. Meanwhile reading
+    goes on by callback: the first data or end of stream arriving starts a task that
+    reads for the rest of the connection (Hypercorn's loop: pipelined requests, the
+    disconnect). Made when the app starts; :meth:`end` when it has returned."""
+
+    __slots__ = ("server", "task_group", "waiter", "claimed")
+
+    def __init__(self, server: Any, task_group: Any) -> None:
+        self.server, self.task_group, self.claimed = server, task_group, False
+        self.waiter = waiter = _waiter(server.reader, server.loop)
+        if waiter is None:  # data or its end already there
+            self(None)
+        else:
+            waiter.add_done_callback(self)
+
+    def __call__(self, waiter: asyncio.Future[None] | None) -> None:
+        if self.claimed:
+            return
+        self.claimed = True
+        reader = self.server.reader
+        if waiter is not None and reader._waiter is waiter:
+            reader._waiter = None
+        self.task_group.create_task(_read_loop(self.server))
+
+    def end(self) -> bool:
+        """Whether the connection task reads on (nothing arrived while the app ran)."""
+        if self.claimed:
+            return False
+        self.claimed = True
+        waiter = self.waiter
+        waiter.remove_done_callback(self)  # type: ignore[union-attr]
+        if self.server.reader._waiter is waiter:
+            self.server.reader._waiter = None
+        waiter.cancel()  # type: ignore[union-attr]
+        return True
+
+
+async def _read_loop(self: Any) -> None:
+    """The reader task's loop: ``run``'s, for the rest of the connection."""
+    reader, loop = self.reader, self.loop
+    try:
+        while not reader.at_eof():
+            try:
+                waiter = _waiter(reader, loop)
+                if waiter is not None:
+                    try:
+                        await waiter
+                    finally:
+                        reader._waiter = None
+                data = await reader.read(_tcp_server.MAX_RECV)
+            except (ConnectionError, OSError, asyncio.TimeoutError, TimeoutError, SSLError):
+                break
+            await self.protocol.handle(RawData(data))
+        await self.protocol.handle(Closed())
+    except OSError:
+        pass
 
 
 def _lean_writer(writer: Any) -> None:

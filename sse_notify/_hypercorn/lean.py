@@ -43,13 +43,16 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from . import conn, supported
+from . import conn, supported, tasks
 
 try:  # what is replaced and what the replacements call (absent: nothing is installed)
     from hypercorn.asyncio import task_group as _task_group
     from hypercorn.asyncio import worker_context as _worker_context
     from hypercorn.app_wrappers import ASGIWrapper
     from hypercorn.asyncio.task_group import _handle
+    from hypercorn.protocol.h11 import H11Protocol
+    from hypercorn.protocol.http_stream import HTTPStream
+    import h11
 except ImportError:  # pragma: no cover
     _task_group = None  # type: ignore[assignment]
 
@@ -282,6 +285,7 @@ def install() -> bool:
     _originals.update(spawn_app=spawn_app, event_class=worker_context.WorkerContext.event_class)
     task_group.TaskGroup.spawn_app = _spawn_app  # type: ignore[method-assign]
     worker_context.WorkerContext.event_class = LeanEvent  # type: ignore[assignment]
+    tasks._spawn_app = _spawn_app  # the connection's LeanTaskGroup spawns apps as above
     conn.install()  # the connection loop (its own checks; Hypercorn's where they fail)
     return True
 
@@ -291,6 +295,7 @@ def uninstall() -> None:
     if not _originals:
         return
     conn.uninstall()
+    tasks._spawn_app = None
     task_group, worker_context = _task_group, _worker_context
     task_group.TaskGroup.spawn_app = _originals["spawn_app"]  # type: ignore[method-assign]
     worker_context.WorkerContext.event_class = _originals["event_class"]
@@ -303,7 +308,10 @@ async def _spawn_app(self: Any, app: Any, config: Any, scope: Any, send: Any) ->
     callables only a WSGI app uses."""
     app_queue = AppQueue(config.max_app_queue_size)
     if type(app) is ASGIWrapper:
-        self.spawn(_handle_asgi, app.app, config, scope, app_queue.get, send)
+        if self.__class__ is tasks.LeanTaskGroup and self.hold is True and _may_hold(scope, send):
+            self.hold = _handle_asgi(app.app, config, scope, app_queue.get, send)
+        else:
+            self.spawn(_handle_asgi, app.app, config, scope, app_queue.get, send)
         return app_queue.put
     loop = self._loop
 
@@ -314,6 +322,26 @@ async def _spawn_app(self: Any, app: Any, config: Any, scope: Any, send: Any) ->
     self.spawn(_handle, app, config, scope, app_queue.get, send,
                partial(loop.run_in_executor, None), _call_soon)
     return app_queue.put
+
+
+def _may_hold(scope: Any, send: Any) -> bool:
+    """Whether the connection task may run this request's app itself, once the data it
+    is handling is handled: an HTTP/1.1 request (not a WebSocket, not HTTP/2) without a
+    body and nothing after it in h11's buffer, so that handling the rest of that data
+    waits neither for room in the app's queue nor for the response (pipelining)."""
+    stream = getattr(send, "__self__", None)
+    if type(stream) is not HTTPStream:
+        return False
+    protocol = getattr(stream.send, "__self__", None)
+    if type(protocol) is not H11Protocol or type(protocol.connection) is not h11.Connection:
+        return False
+    if protocol.connection.trailing_data[0]:
+        return False
+    for name, value in scope["headers"]:
+        name = name.lower()
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            return False
+    return True
 
 
 async def _handle_asgi(app: Any, config: Any, scope: Any, receive: Any, send: Any) -> None:
