@@ -150,10 +150,12 @@ class Hub:
     def dispatch(self, messages: Sequence[Notification | ReadChange]) -> None:
         for message in messages:
             if isinstance(message, Notification):
-                event = Outbound.notification(message)
                 targets: Iterable[Stream] = (
                     self._all if message.user is None else self._streams_of(message.user)
                 )
+                if not targets:  # nobody here to reach (most users, on one node of many)
+                    continue
+                event = Outbound.notification(message)
                 for stream in targets:  # closing only schedules the unregister: safe
                     if stream.topics is None or event.topic in stream.topics:
                         stream.offer(event)

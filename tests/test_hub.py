@@ -448,3 +448,21 @@ async def test_a_sweep_of_many_streams_yields_to_the_loop() -> None:
         loop.call_soon(meanwhile)
         await until(lambda: len(written) == len(streams))
         assert SWEEP_SLICE in other and 2 * SWEEP_SLICE in other  # it ran between slices
+
+
+async def test_a_notification_nobody_here_can_receive_is_not_encoded(monkeypatch: pytest.MonkeyPatch) -> None:
+    # On one node of many most users have no stream on this node: encoding their
+    # notifications would be work for nobody.
+    from sse_notify import hub as hub_module
+
+    encoded: list[int] = []
+    real = hub_module.Outbound.notification
+    monkeypatch.setattr(hub_module.Outbound, "notification",
+                        classmethod(lambda cls, n: encoded.append(n.id) or real(n)))
+    hub = Hub()
+    hub.dispatch([note(1, "nobody-here")])
+    assert encoded == []
+    async with hub.subscribe("alice") as stream:
+        hub.dispatch([note(2, "nobody-here"), note(3, "alice"), note(4, None)])
+        assert encoded == [3, 4]
+        assert [e.id for e in stream.take()] == [3, 4]
