@@ -13,8 +13,12 @@ progress, the response has ended); the caller then uses ASGI ``send``, which wai
 :func:`frame_writer` does the same for a WebSocket: whole server text frames, framed once
 per notification (:func:`~sse_notify.wire.ws_text_frame`) and written several at a time,
 where ASGI sends one message per ``send``; refused while a compression extension is in
-use. :func:`refuse_permessage_deflate` makes Hypercorn decline ``permessage-deflate``,
-which it accepts whenever a client offers it and has no setting for.
+use. Its :meth:`~FrameWriter.close` writes a WebSocket's final close frame the same way,
+whole, even while the socket is backed up and the send lock held (Hypercorn's ping waits
+in ``drain()`` under it), leaves the stream closed so nothing follows, and aborts the
+connection if the client reads nothing for a while. :func:`refuse_permessage_deflate`
+makes Hypercorn decline ``permessage-deflate``, which it accepts whenever a client offers
+it and has no setting for.
 
 It is shaped as an ASGI extension that a server could offer itself (say
 ``scope["extensions"]["http.response.direct_body"] = {}`` with the writer passed the same
@@ -217,7 +221,10 @@ class FrameWriter:
         frame = connection.send(_CloseConnection(code=code, reason=reason or None))
         self.stream.state = _WS_CLOSED
         transport.write(frame)
-        transport.write_eof()  # shut down once the queue, close frame last, is flushed
+        try:
+            transport.write_eof()  # shut down once the queue, close frame last, is flushed
+        except OSError:  # the peer is gone (shut down at once when nothing was queued)
+            pass
         queued = transport.get_write_buffer_size()
         if queued:
             loop = asyncio.get_running_loop()

@@ -12,7 +12,9 @@ task while a receiver task answers the client's frames (``read``, ``ping``); bad
 get an error frame and the socket stays open. The receiver ending (the client closed)
 ends the feed (:func:`~.asgi.watch_client`). Over HTTP/1.1 on plain TCP, once the replay is
 over, the hub writes live events itself, several frames in one write (:mod:`~sse_notify._hypercorn.direct`);
-the task sends through ASGI otherwise. ``permessage-deflate`` is declined (a compressed
+the task sends through ASGI otherwise. The final close (1013 for a slow consumer) is
+written there directly too, so that it does not wait behind Hypercorn's ping, stuck in
+``drain()`` with the send lock while the client is backed up. ``permessage-deflate`` is declined (a compressed
 socket keeps zlib state each way: 22 KiB -> 113 KiB per connection).
 """
 
