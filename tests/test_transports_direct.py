@@ -62,6 +62,8 @@ class App:
         await receive()  # websocket.connect
         writer = direct.frame_writer(scope, send)
         self.writers.append(writer)
+        if scope["path"] == "/close":
+            return await self.final_close(writer, send)
         await send({"type": "websocket.accept"})
         await send({"type": "websocket.send", "text": "asgi-1"})
         frames = ws_text_frame(b"direct-1") + ws_text_frame("direct-\u00e9".encode() * 20)
@@ -71,6 +73,28 @@ class App:
                 await send({"type": "websocket.send", "text": text})
         await send({"type": "websocket.send", "text": "asgi-2"})
         await receive()  # the client's close
+
+    async def final_close(self, writer: direct.FrameWriter | None, send: Any) -> None:
+        """The endpoint's final close: directly while the send lock is held (as Hypercorn's
+        ping holds it, waiting in drain(), while a client is backed up), else via ASGI."""
+        self.results.append(writer is not None and writer.close(1013, "too early", 5.0))  # not accepted
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.send", "text": "asgi-1"})
+        if writer is not None:
+            async with writer.lock:
+                # a frame made before the close, waiting for the lock to be written
+                queued = asyncio.create_task(send({"type": "websocket.send", "text": "queued"}))
+                while not writer.lock._waiters:
+                    await asyncio.sleep(0)
+                self.results.append(writer.close(1013, "slow consumer", 5.0))
+                self.results.append(writer(ws_text_frame(b"after")))
+                self.results.append(writer.close(1011, "again", 5.0))
+            await queued
+        if self.results[1:2] != [True]:
+            await send({"type": "websocket.close", "code": 1013, "reason": "slow consumer"})
+        else:  # as ws.py does not, but a cleanup might: no second close goes out
+            await send({"type": "websocket.close", "code": 1000})
+        # and the end of the app: Hypercorn's cleanup sends no 1011 close either
 
 
 @pytest.fixture
@@ -183,3 +207,53 @@ async def test_a_compressed_websocket_falls_back_to_asgi(server: tuple[App, int]
     assert extensions is not None and extensions.startswith("permessage-deflate")
     assert got == ["asgi-1", "direct-1", "direct-\u00e9" * 20, "asgi-2"]
     assert app.results == [False]  # the writer refused: the frames would need compressing
+
+
+async def ws_raw_frames(port: int, path: str, extensions: str | None = None) -> list[tuple[int, bytes]]:
+    """Upgrade on a bare socket, then every server frame (opcode, payload) until the server
+    ends the connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = [f"GET {path} HTTP/1.1", "Host: x", "Upgrade: websocket", "Connection: Upgrade",
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version: 13"]
+    if extensions:
+        head.append(f"Sec-WebSocket-Extensions: {extensions}")
+    writer.write(("\r\n".join(head) + "\r\n\r\n").encode())
+    try:
+        async with asyncio.timeout(10):
+            assert b" 101 " in await reader.readuntil(b"\r\n\r\n")
+            data = await reader.read()  # to the end of the connection
+    finally:
+        writer.close()
+    frames = []
+    while data:
+        length, at = data[1] & 0x7F, 2
+        if length == 126:
+            length, at = int.from_bytes(data[2:4], "big"), 4
+        assert len(data) >= at + length, "a frame cut short"
+        frames.append((data[0] & 0x0F, data[at:at + length]))
+        data = data[at + length:]
+    return frames
+
+
+async def test_the_final_close_is_written_whole_while_the_lock_is_held(server: tuple[App, int]) -> None:
+    app, port = server
+    frames = await ws_raw_frames(port, "/close")
+    assert app.writers[0] is not None, "direct.frame_writer no longer finds Hypercorn's HTTP/1.1 chain"
+    # Refused before the accept; written under the held lock; then nothing: no frame (not
+    # the one framed before and waiting for the lock), no second close (nor the ASGI close,
+    # nor Hypercorn's cleanup), and the connection ended.
+    assert app.results == [False, True, False, False]
+    assert frames == [(0x1, b"asgi-1"), (0x8, (1013).to_bytes(2, "big") + b"slow consumer")]
+
+
+async def test_the_final_close_is_refused_on_a_compressed_websocket(server: tuple[App, int],
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from hypercorn.protocol import ws_stream
+    from wsproto.extensions import PerMessageDeflate
+
+    app, port = server
+    monkeypatch.setattr(ws_stream, "PerMessageDeflate", PerMessageDeflate)
+    frames = await ws_raw_frames(port, "/close", "permessage-deflate")
+    assert app.results == [False, False, False, False]  # ASGI closed it
+    assert [opcode for opcode, _ in frames] == [0x1, 0x1, 0x8]  # asgi-1, queued (compressed)
+    assert frames[2] == (0x8, (1013).to_bytes(2, "big") + b"slow consumer")

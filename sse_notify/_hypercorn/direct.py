@@ -13,8 +13,12 @@ progress, the response has ended); the caller then uses ASGI ``send``, which wai
 :func:`frame_writer` does the same for a WebSocket: whole server text frames, framed once
 per notification (:func:`~sse_notify.wire.ws_text_frame`) and written several at a time,
 where ASGI sends one message per ``send``; refused while a compression extension is in
-use. :func:`refuse_permessage_deflate` makes Hypercorn decline ``permessage-deflate``,
-which it accepts whenever a client offers it and has no setting for.
+use. Its :meth:`~FrameWriter.close` writes a WebSocket's final close frame the same way,
+whole, even while the socket is backed up and the send lock held (Hypercorn's ping waits
+in ``drain()`` under it), leaves the stream closed so nothing follows, and aborts the
+connection if the client reads nothing for a while. :func:`refuse_permessage_deflate`
+makes Hypercorn decline ``permessage-deflate``, which it accepts whenever a client offers
+it and has no setting for.
 
 It is shaped as an ASGI extension that a server could offer itself (say
 ``scope["extensions"]["http.response.direct_body"] = {}`` with the writer passed the same
@@ -36,13 +40,14 @@ fails loudly when an upgrade changes any of this. The version gate is the packag
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
 from . import TESTED, supported as _tested
 
-__all__ = ["BodyWriter", "body_writer", "frame_writer", "refuse_permessage_deflate", "supported",
-           "TESTED", "HIGH_WATER"]
+__all__ = ["BodyWriter", "FrameWriter", "body_writer", "frame_writer", "refuse_permessage_deflate",
+           "supported", "TESTED", "HIGH_WATER"]
 
 #: Bytes queued in the transport above which a write is refused (asyncio's default
 #: high-water mark; a client this far behind gets ASGI's back-pressure).
@@ -62,8 +67,10 @@ try:  # what the writers compare with (absent: nothing is supported)
     from hypercorn.protocol.http_stream import ASGIHTTPState
     from hypercorn.protocol.ws_stream import ASGIWebsocketState
     from wsproto.connection import Connection as _WSConnection, ConnectionState
+    from wsproto.events import CloseConnection as _CloseConnection
 
     _RESPONSE, _CONNECTED, _OPEN = ASGIHTTPState.RESPONSE, ASGIWebsocketState.CONNECTED, ConnectionState.OPEN
+    _WS_CLOSED = ASGIWebsocketState.CLOSED
 except ImportError:  # pragma: no cover
     _importable = False
 
@@ -118,7 +125,7 @@ def body_writer(scope: dict[str, Any], send: Callable[..., Any]) -> BodyWriter |
     return _DirectBody(stream, protocol, connection, lock, transport)
 
 
-def frame_writer(scope: dict[str, Any], send: Callable[..., Any]) -> BodyWriter | None:
+def frame_writer(scope: dict[str, Any], send: Callable[..., Any]) -> FrameWriter | None:
     """For a WebSocket over HTTP/1.1: a direct writer of whole, already-framed server
     frames (:func:`~sse_notify.wire.ws_text_frame`), or None. Call it after the accept; it
     refuses while a compression extension is in use (the frames would need it), and on
@@ -131,7 +138,7 @@ def frame_writer(scope: dict[str, Any], send: Callable[..., Any]) -> BodyWriter 
     if path is None:
         return None
     stream, _, lock, transport = path
-    return _DirectFrames(stream, lock, transport)
+    return FrameWriter(stream, lock, transport)
 
 
 class _DirectBody:
@@ -155,15 +162,27 @@ class _DirectBody:
         return True
 
 
-class _DirectFrames:
-    """:func:`frame_writer`'s answer."""
+class FrameWriter:
+    """:func:`frame_writer`'s answer: called, it writes frames where it can; :meth:`close`
+    writes the final close frame."""
 
     __slots__ = ("stream", "lock", "transport")
 
     def __init__(self, stream: Any, lock: Any, transport: Any):
         self.stream, self.lock, self.transport = stream, lock, transport
 
-    def __call__(self, frames: bytes) -> bool:
+    def _open(self) -> Any:
+        """The stream's wsproto connection while a frame of ours may go out now (accepted,
+        open both ways, no compression, no message half sent, the transport open), else None."""
+        stream = self.stream
+        connection = getattr(stream, "connection", None)
+        if (stream.state is not _CONNECTED or stream.closed or type(connection) is not _WSConnection
+                or connection._state is not _OPEN or connection._proto.extensions
+                or connection._proto._outbound_opcode is not None or self.transport.is_closing()):
+            return None
+        return connection
+
+    def __call__(self, frames: bytes) -> bool:  # the hub's hot path: _open's test, inline
         stream, transport = self.stream, self.transport
         connection = getattr(stream, "connection", None)
         if (stream.state is not _CONNECTED or stream.closed or type(connection) is not _WSConnection
@@ -175,6 +194,54 @@ class _DirectFrames:
         if frames:
             transport.write(frames)
         return True
+
+    def close(self, code: int, reason: str, linger: float) -> bool:
+        """The final close frame (``code``, ``reason``), written whole now, even while the
+        socket is backed up or another send holds the connection's lock (Hypercorn's ping
+        task waits in ``drain()`` under it for as long as the client does not read; an
+        ASGI ``websocket.close`` waits behind it). False, writing nothing, where
+        :meth:`__call__` would refuse for any reason other than those two.
+
+        Frame boundaries hold without the lock: every writer on the connection (this one,
+        Hypercorn's ``protocol_send`` under the lock, :mod:`.conn`'s lock-free write) hands
+        whole frames to one synchronous ``transport.write``; the lock only orders each
+        write with its ``drain()``. Nothing goes out after the close: wsproto is left
+        closing (it refuses any further frame: Hypercorn's pings and pongs, a second
+        close), the stream ``CLOSED`` (ASGI's close and its end-of-app cleanup send no
+        second close; a ``websocket.send`` is refused as after any close), and the
+        transport's write side ended (a write already framed and waiting for the lock
+        fails, which Hypercorn takes as the connection's end). The connection is then
+        aborted if the client has read nothing of what is queued within ``linger``
+        seconds (and each ``linger`` after that), so its socket is released even if the
+        client never reads; asyncio's ``close()`` would wait for the flush for ever."""
+        connection = self._open()
+        if connection is None:
+            return False
+        transport = self.transport
+        frame = connection.send(_CloseConnection(code=code, reason=reason or None))
+        self.stream.state = _WS_CLOSED
+        transport.write(frame)
+        try:
+            transport.write_eof()  # shut down once the queue, close frame last, is flushed
+        except OSError:  # the peer is gone (shut down at once when nothing was queued)
+            pass
+        queued = transport.get_write_buffer_size()
+        if queued:
+            loop = asyncio.get_running_loop()
+            loop.call_later(linger, _abort_unless_read, loop, transport, linger, queued)
+        return True
+
+
+def _abort_unless_read(loop: asyncio.AbstractEventLoop, transport: Any, linger: float, queued: int) -> None:
+    """After a final close: abort the connection if its client read nothing of the
+    ``queued`` bytes in the last ``linger`` seconds; look again later if it read some."""
+    left = transport.get_write_buffer_size()  # 0 once flushed or lost
+    if not left:
+        return
+    if left < queued:
+        loop.call_later(linger, _abort_unless_read, loop, transport, linger, left)
+    else:
+        transport.abort()
 
 
 class _NoDeflate:

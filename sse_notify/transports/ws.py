@@ -12,7 +12,9 @@ task while a receiver task answers the client's frames (``read``, ``ping``); bad
 get an error frame and the socket stays open. The receiver ending (the client closed)
 ends the feed (:func:`~.asgi.watch_client`). Over HTTP/1.1 on plain TCP, once the replay is
 over, the hub writes live events itself, several frames in one write (:mod:`~sse_notify._hypercorn.direct`);
-the task sends through ASGI otherwise. ``permessage-deflate`` is declined (a compressed
+the task sends through ASGI otherwise. The final close (1013 for a slow consumer) is
+written there directly too, so that it does not wait behind Hypercorn's ping, stuck in
+``drain()`` with the send lock while the client is backed up. ``permessage-deflate`` is declined (a compressed
 socket keeps zlib state each way: 22 KiB -> 113 KiB per connection).
 """
 
@@ -32,7 +34,7 @@ from ..schemas import MarkReadBody, parse
 from ..service import Service
 from ..store import StoreUnavailable
 from ..wire import KEEPALIVE, Outbound, ws_frame
-from .._hypercorn.direct import BodyWriter, frame_writer, refuse_permessage_deflate
+from .._hypercorn.direct import FrameWriter, frame_writer, refuse_permessage_deflate
 from .asgi import (
     ASGISend, Receive, Scope, query_params, request_headers, send_within, unwatch_client, watch_client,
 )
@@ -44,6 +46,11 @@ AUTH_TIMEOUT = 10.0
 ACCEPT = {"type": "websocket.accept"}
 
 CLOSE_CODES = {"expired": 4401, "overflow": 1013, "shutdown": 1001}  # else 1011
+CLOSE_REASONS = {"expired": "token expired", "overflow": "slow consumer: resume from your cursor",
+                 "shutdown": "server shutting down"}  # else "internal error"
+#: After a direct final close, how long a client that reads nothing of what is still
+#: queued keeps its connection (its close frame last) before it is aborted.
+CLOSE_LINGER = 10.0
 #: A stream refused by the limits: this user has too many (4429), the server is full (1013).
 REFUSED_CODES = {429: 4429, 503: 1013}
 
@@ -76,7 +83,11 @@ class WebSocketEndpoint:
         if reason != "gone":
             if not (accepted or feed.started):  # storage failed before the stream started
                 await send(ACCEPT)
-            await send_within(send, {"type": "websocket.close", "code": CLOSE_CODES.get(reason, 1011)})
+            code, why = CLOSE_CODES.get(reason, 1011), CLOSE_REASONS.get(reason, "internal error")
+            # Directly where it can: an ASGI close waits for the connection's send lock, which
+            # Hypercorn's ping holds while a client that stopped reading is backed up.
+            if feed.direct is None or not feed.direct.close(code, why, CLOSE_LINGER):
+                await send_within(send, {"type": "websocket.close", "code": code, "reason": why})
 
     async def _open(self, scope: Scope, receive: Receive, send: ASGISend) -> tuple[_WSFeed, Slot, bool] | None:
         """Authenticate and take a stream slot: the feed, the slot and whether the upgrade
@@ -159,7 +170,7 @@ class _WSFeed(Feed):
 
     def __init__(self, service: Service, user: str, topics: frozenset[str] | None,
                  cursor: int | None, expires_at: float | None, start: Start | None,
-                 send: ASGISend, direct: BodyWriter | None):
+                 send: ASGISend, direct: FrameWriter | None):
         super().__init__(service.hub, service.store, user, transport="ws", topics=topics,
                          cursor=cursor, expires_at=expires_at,
                          heartbeat=service.settings.heartbeat, start=start)

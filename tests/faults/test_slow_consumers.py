@@ -38,6 +38,8 @@ import httpx
 import orjson
 import pytest
 
+from sse_notify.transports.ws import CLOSE_LINGER
+
 from ..e2e.wsclient import OPEN_SSE, OPEN_WS, WS_SERVER_FLAGS
 from ..helpers import ServerProcess
 from .support import MB, MetricsProbe, Spec, Subscriber, fd_count, percentile, rss_bytes, wait_until
@@ -264,45 +266,67 @@ async def test_slow_consumers_are_cut_off_and_others_unaffected(
     assert missing == 0, "a normal client missed broadcasts"
     assert not [a for s in normal for a in s.anomalies], [a for s in normal for a in s.anomalies][:10]
     assert cut[SLOW_CLOSED] >= form.slow
-    # Every SSE response was ended; every WebSocket was at least closed (that it gets its 1013
-    # close code is test_a_slow_websocket_is_closed_with_1013, an xfail for now).
+    # Every SSE response was ended; every WebSocket was closed: with its 1013 frame, or, read
+    # here long after its cut, aborted CLOSE_LINGER s after it (both are short tests below).
     assert all(e == "sse-end" for e, (_, ws) in zip(ended, slow) if not ws), ended
     assert all(e in ("ws-close-1013", "eof") for e, (_, ws) in zip(ended, slow) if ws), ended
     assert during[OPEN_SSE] + during[OPEN_WS] <= form.normal, "slow streams still in the hub"
     assert max(rss.get("B", [0])) - max(rss.get("A", [0])) < 64 * MB, "memory grew with the slow clients"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG: a WebSocket cut off as a slow consumer never gets its 1013 close frame when it "
-    "stays silent more than 2 s after the cut. While the socket is backed up, Hypercorn's "
-    "ping task (every --heartbeat) blocks in drain() holding the connection's send lock; the "
-    "endpoint's close (sse_notify/transports/ws.py, WebSocketEndpoint._stream: "
-    "send_within(websocket.close 1013), CLOSE_TIMEOUT = 2 s in transports/asgi.py) waits for "
-    "that lock, is cancelled after 2 s with wsproto already in the closing state, and the "
-    "close frame is never written: the client later reads its backlog, a few pings, then "
-    "EOF, and cannot tell the overflow from a network failure. SSE is not affected (its "
-    "terminator is written). Repro: this test (--heartbeat 0.5, --stream-buffer 32, one "
-    "non-reading /ws socket, 48 kB broadcasts, 10 a second once its buffers are full, then 3 s "
-    "of silence before reading). With the default heartbeat it happens whenever a ping falls "
-    "due while the socket is backed up, i.e. for any client stalled more than 15 s."))
-async def test_a_slow_websocket_is_closed_with_1013(make_server: Callable[..., ServerProcess]) -> None:
-    server = make_server(*WS_SERVER_FLAGS, "--no-access-log", "--stream-buffer", "32")
+async def cut_off_slow_websocket(server: ServerProcess, metrics: MetricsProbe) -> socket.socket:
+    """A non-reading /ws socket, 48 kB broadcasts until the server has cut it off (about
+    3 MB to fill its buffers, then the pace of a live feed, 10 a second)."""
     sock = await slow_socket(server.port, f"/ws?token={server.token('slow')}", ws=True)
     headers = {"Authorization": f"Bearer {server.publisher_token()}"}
     bulk = orjson.dumps({"broadcast": True, "title": "bulk", "data": {"pad": "x" * 48_000}})
-    metrics = MetricsProbe(server.url)
     try:
         async with httpx.AsyncClient(base_url=server.url, timeout=30.0) as client:
             for sent in range(1, 1001):
                 assert (await client.post("/notifications", content=bulk, headers=headers)).status_code == 201
-                if sent > 60:  # ~3 MB sent: its buffers are full; now the pace of a live feed
+                if sent > 60:
                     if (await metrics())[SLOW_CLOSED] >= 1:
-                        break
-                    await asyncio.sleep(0.1)
-            else:
-                raise RuntimeError("the slow socket was never cut off")  # not the bug: an error
-        await asyncio.sleep(3)  # the client stays silent a little longer, as stalled clients do
-        assert await drain(sock, ws=True, timeout=30) == "ws-close-1013"
+                        return sock
+                    await asyncio.sleep(0.1)  # a live feed's pace
+    except BaseException:
+        sock.close()
+        raise
+    sock.close()
+    raise RuntimeError("the slow socket was never cut off")  # not the bug: an error
+
+
+async def test_a_slow_websocket_is_closed_with_1013(make_server: Callable[..., ServerProcess]) -> None:
+    # Hypercorn's ping (every --heartbeat) waits in drain() under the connection's send lock
+    # while the socket is backed up; the close frame must not wait behind it, and must still
+    # be there for a client that stays silent longer than a send's timeout (2 s).
+    server = make_server(*WS_SERVER_FLAGS, "--no-access-log", "--stream-buffer", "32")
+    metrics = MetricsProbe(server.url)
+    try:
+        sock = await cut_off_slow_websocket(server, metrics)
+        try:
+            await asyncio.sleep(3)  # the client stays silent a little longer, as stalled clients do
+            assert await drain(sock, ws=True, timeout=30) == "ws-close-1013"
+        finally:
+            sock.close()
+    finally:
+        await metrics.aclose()
+
+
+async def test_a_slow_websocket_that_never_reads_is_released(make_server: Callable[..., ServerProcess]) -> None:
+    # After its close, a client that reads nothing keeps its connection CLOSE_LINGER seconds,
+    # not for as long as it stays connected.
+    server = make_server(*WS_SERVER_FLAGS, "--no-access-log", "--stream-buffer", "32")
+    pid = server.proc.pid  # type: ignore[union-attr]
+    fds_idle = fd_count(pid)
+    metrics = MetricsProbe(server.url)
+    try:
+        sock = await cut_off_slow_websocket(server, metrics)
+    finally:
+        await metrics.aclose()
+    try:
+        cut = time.monotonic()
+        await wait_until(lambda: fd_count(pid), lambda n: n <= fds_idle,
+                         timeout=CLOSE_LINGER + 10, what="server descriptors back to idle")
+        assert time.monotonic() - cut > CLOSE_LINGER / 2, "released before the client could read its close"
     finally:
         sock.close()
-        await metrics.aclose()
