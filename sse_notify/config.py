@@ -300,9 +300,6 @@ def load_webhook_secret(data_dir: Path, create: bool = True) -> str:
     """``<data_dir>/webhook.key``, made (mode 0600) if absent; with ``create=False`` an
     absent one is :class:`MissingSecret` and nothing is created."""
     return _private_value(data_dir / WEBHOOK_SECRET_FILE, new_webhook_secret, create)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(new_webhook_secret() + "\n")
-    return path.read_text().strip()
 
 
 def _write_private(path: Path, text: str) -> None:

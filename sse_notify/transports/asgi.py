@@ -12,7 +12,7 @@ from urllib.parse import parse_qsl
 
 from .._hypercorn.lean import disconnect_hook
 from ..errors import ApiError
-from ..feed import Feed
+from ..feed import Feed, Start
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -96,3 +96,27 @@ def unwatch_client(receive: Receive | None, watcher: asyncio.Future[None] | None
 async def _disconnected(receive: Receive) -> None:
     while (await receive())["type"] not in ("http.disconnect", "websocket.disconnect"):
         pass
+
+
+class TransportFeed(Feed):
+    """A feed whose events go out through ASGI ``send`` (the subclass's ``write``) or, once
+    live, straight to the connection through ``direct`` (the subclass's ``push_direct``,
+    given to the hub as the stream's push), where :mod:`.._hypercorn.direct` offers it."""
+
+    __slots__ = ("send", "direct")
+    #: The stream's transport name ("sse", "ws").
+    TRANSPORT = ""
+
+    def __init__(self, service: Any, user: str, topics: frozenset[str] | None,
+                 cursor: int | None, expires_at: float | None, start: Start | None,
+                 send: ASGISend, direct: Callable[[bytes], bool] | None):
+        super().__init__(service.hub, service.store, user, transport=self.TRANSPORT, topics=topics,
+                         cursor=cursor, expires_at=expires_at,
+                         heartbeat=service.settings.heartbeat, start=start)
+        self.send = send
+        self.direct = direct
+        if direct is not None:
+            self.push = self.push_direct
+
+    def push_direct(self, events: list[Any]) -> bool:
+        raise NotImplementedError

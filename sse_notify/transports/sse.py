@@ -22,15 +22,15 @@ from typing import Any
 from ..auth import subscriber_token, verify_subscriber
 from ..cors import cors_headers, preflight_headers
 from ..errors import ApiError
-from ..feed import Feed, Start, parse_cursor, parse_topics
+from ..feed import parse_cursor, parse_topics
 from ..limits import Slot
 from ..models import valid_name
 from ..service import Service
 from ..wire import Outbound, sse_retry
-from .._hypercorn.direct import BodyWriter, body_writer
+from .._hypercorn.direct import body_writer
 from .asgi import (
-    ASGISend, Receive, Scope, query_params, request_headers, send_error, send_within, unwatch_client,
-    watch_client,
+    ASGISend, Receive, Scope, TransportFeed, query_params, request_headers, send_error, send_within,
+    unwatch_client, watch_client,
 )
 
 __all__ = ["SSEEndpoint", "stream_topics"]
@@ -109,27 +109,17 @@ class SSEEndpoint:
         return feed, slot, tuple(cors)  # () without CORS: a shared empty tuple
 
 
-class _SSEFeed(Feed):
+class _SSEFeed(TransportFeed):
     """The feed of one ``/events`` response: its events as SSE chunks, through ASGI
-    (:meth:`write`) or, live, pushed straight to the connection (:meth:`push_chunk`)."""
+    (:meth:`write`) or, live, pushed straight to the connection (:meth:`push_direct`)."""
 
-    __slots__ = ("send", "direct")
-
-    def __init__(self, service: Service, user: str, topics: frozenset[str] | None,
-                 cursor: int | None, expires_at: float | None, start: Start,
-                 send: ASGISend, direct: BodyWriter | None):
-        super().__init__(service.hub, service.store, user, transport="sse", topics=topics,
-                         cursor=cursor, expires_at=expires_at,
-                         heartbeat=service.settings.heartbeat, start=start)
-        self.send = send
-        self.direct = direct
-        if direct is not None:
-            self.push = self.push_chunk
+    __slots__ = ()
+    TRANSPORT = "sse"
 
     async def write(self, events: list[Outbound]) -> None:
         await self.send({"type": "http.response.body", "body": _chunk(events), "more_body": True})
 
-    def push_chunk(self, events: list[Outbound]) -> bool:
+    def push_direct(self, events: list[Outbound]) -> bool:
         """The hub's push for this stream: its events as one SSE chunk, written directly."""
         return self.direct(_chunk(events))  # type: ignore[misc]
 

@@ -28,15 +28,16 @@ import orjson
 
 from ..auth import bearer, verify_subscriber
 from ..errors import ApiError
-from ..feed import Feed, Start, parse_cursor
+from ..feed import parse_cursor
 from ..limits import Slot
 from ..schemas import MarkReadBody, parse
 from ..service import Service
 from ..store import StoreUnavailable
 from ..wire import KEEPALIVE, Outbound, ws_frame
-from .._hypercorn.direct import FrameWriter, frame_writer, refuse_permessage_deflate
+from .._hypercorn.direct import frame_writer, refuse_permessage_deflate
 from .asgi import (
-    ASGISend, Receive, Scope, query_params, request_headers, send_within, unwatch_client, watch_client,
+    ASGISend, Receive, Scope, TransportFeed, query_params, request_headers, send_within, unwatch_client,
+    watch_client,
 )
 from .sse import stream_topics
 
@@ -160,31 +161,21 @@ class WebSocketEndpoint:
 _UNPARSEABLE = object()
 
 
-class _WSFeed(Feed):
+class _WSFeed(TransportFeed):
     """The feed of one ``/ws`` socket: its events as text frames, through ASGI
     (:meth:`write`) or, live, several frames in one write straight to the connection
-    (:meth:`push_frames`). Keepalives are not sent: WebSocket has its own pings
+    (:meth:`push_direct`). Keepalives are not sent: WebSocket has its own pings
     (Hypercorn's)."""
 
-    __slots__ = ("send", "direct")
-
-    def __init__(self, service: Service, user: str, topics: frozenset[str] | None,
-                 cursor: int | None, expires_at: float | None, start: Start | None,
-                 send: ASGISend, direct: FrameWriter | None):
-        super().__init__(service.hub, service.store, user, transport="ws", topics=topics,
-                         cursor=cursor, expires_at=expires_at,
-                         heartbeat=service.settings.heartbeat, start=start)
-        self.send = send
-        self.direct = direct
-        if direct is not None:
-            self.push = self.push_frames
+    __slots__ = ()
+    TRANSPORT = "ws"
 
     async def write(self, events: list[Outbound]) -> None:
         for event in events:
             if event is not KEEPALIVE:
                 await self.send({"type": "websocket.send", "text": event.ws})
 
-    def push_frames(self, events: list[Outbound]) -> bool:
+    def push_direct(self, events: list[Outbound]) -> bool:
         return self.direct(b"".join([e.ws_wire for e in events if e is not KEEPALIVE]))  # type: ignore[misc]
 
 
