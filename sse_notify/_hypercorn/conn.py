@@ -236,6 +236,7 @@ async def _run(self: Any) -> None:
         else:
             ssl = False
             alpn_protocol = "http/1.1"
+            self._sse_plain = _direct_write  # a response head may wait for its body (.proto)
 
         group = _tasks.LeanTaskGroup if _lean_tasks else _tcp_server.TaskGroup
         async with group(self.loop) as task_group:
@@ -290,6 +291,7 @@ async def _run(self: Any) -> None:
         pass
     finally:
         try:
+            flush_head(self)
             await self._close()
         finally:
             self.__dict__.clear()
@@ -383,11 +385,16 @@ async def _protocol_send(self: Any, event: Any) -> None:
     kind = type(event)
     if kind is RawData:
         lock = self.send_lock
+        data = event.data
+        if lock._locked and self.__dict__.get("_sse_head") is not None:  # see .proto
+            data = self._sse_head + data
+            self._sse_head = None
+            lock.release()
         if not _direct_write or lock._locked or lock._waiters:
-            return await _originals["send"](self, event)
+            return await _originals["send"](self, event if data is event.data else RawData(data))
         writer = self.writer
         try:
-            writer.write(event.data)
+            writer.write(data)
         except (ConnectionError, RuntimeError):
             await self.protocol.handle(Closed())
             return
@@ -405,4 +412,19 @@ async def _protocol_send(self: Any, event: Any) -> None:
         elif not self.idle_task.arm(self._task_group, self):
             await self.idle_task.restart(self._task_group, self._idle_timeout)
     else:
+        flush_head(self)
         await _originals["send"](self, event)
+
+
+def flush_head(server: Any) -> None:
+    """Write a response head that waited for its body (:mod:`.proto`) and free the send
+    lock it held: at the next write's call, a close, or the end of the loop turn."""
+    head = server.__dict__.get("_sse_head")
+    if head is None:
+        return
+    server._sse_head = None
+    server.send_lock.release()
+    try:
+        server.writer.write(head)
+    except (ConnectionError, RuntimeError):
+        pass  # the connection is ending: its read loop sees the close
