@@ -39,8 +39,9 @@ def test_a_changed_source_keeps_hypercorns(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """A WebSocket: accepted and closed; ``/open``: a head and nothing more until the client goes; ``/bare``: a head, then the
-    app returns; anything else: the request's headers as the body."""
+    """A WebSocket: accepted and closed; ``/open``: a head and nothing more until the
+    client goes; ``/bare``: a head, then the app returns; anything else: the request's
+    headers as the body."""
     if scope["type"] == "lifespan":
         while (message := await receive())["type"] != "lifespan.shutdown":
             if message["type"] == "lifespan.startup":

@@ -17,7 +17,8 @@ source is the one in :data:`CHECKED`:
   the server's ``_initiate_server_close`` runs in its task group);
 * ``TCPServer.protocol_send``: a write when the send lock is free and nobody waits for it
   goes straight to the transport, awaiting ``drain()`` under the lock only when it would
-  wait (paused, closing, an error); ``Updated`` arms or stops the timer without awaiting;
+  wait (paused, closing, an error), and takes along a response head waiting for its
+  body (:mod:`.proto`); ``Updated`` arms or stops the timer without awaiting;
 * ``TCPServer.run``: Hypercorn's, with ``_read_data``'s loop in its own frame, without
   ``wait_for`` and with the reader's wait inlined (``read`` is called once data is there,
   so it never suspends: an idle connection keeps two coroutine frames, not five), and
@@ -73,6 +74,14 @@ CHECKED = {
 }
 
 _originals: dict[str, Any] = {}
+
+
+def _no_head(server: Any) -> None:
+    """No response head ever waits (:mod:`.proto` not installed)."""
+
+
+#: proto.flush_head once proto is installed: writes a response head waiting for its body.
+flush_head: Any = _no_head
 #: Which asyncio-dependent parts are on (their sources are the checked ones).
 _inline_wait = _direct_write = _list_drain_waiters = _lean_tasks = False
 
@@ -386,7 +395,7 @@ async def _protocol_send(self: Any, event: Any) -> None:
     if kind is RawData:
         lock = self.send_lock
         data = event.data
-        if lock._locked and self.__dict__.get("_sse_head") is not None:  # see .proto
+        if lock._locked and self.__dict__.get("_sse_head") is not None:  # .proto's head
             data = self._sse_head + data
             self._sse_head = None
             lock.release()
@@ -414,17 +423,3 @@ async def _protocol_send(self: Any, event: Any) -> None:
     else:
         flush_head(self)
         await _originals["send"](self, event)
-
-
-def flush_head(server: Any) -> None:
-    """Write a response head that waited for its body (:mod:`.proto`) and free the send
-    lock it held: at the next write's call, a close, or the end of the loop turn."""
-    head = server.__dict__.get("_sse_head")
-    if head is None:
-        return
-    server._sse_head = None
-    server.send_lock.release()
-    try:
-        server.writer.write(head)
-    except (ConnectionError, RuntimeError):
-        pass  # the connection is ending: its read loop sees the close

@@ -339,6 +339,9 @@ def _may_hold(scope: Any, send: Any) -> bool:
         return False
     if protocol.connection.trailing_data[0]:
         return False
+    body = protocol.__dict__.get("sse_body")  # .proto's header walk answered it
+    if body is not None:
+        return not body
     for name, value in scope["headers"]:
         name = name.lower()
         if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):

@@ -11,11 +11,14 @@ replaces, where each source is the one in :data:`CHECKED`:
 
 * ``_check_protocol``: one walk over h11's ``(raw, lower, value)`` items with byte
   comparisons, the same h2c and ``PRI`` answers; what ``_create_stream`` needs (a
-  WebSocket upgrade?) is kept for it, and its copy of the headers made from the same items;
-* ``stream_send`` of a final response head on plain TCP: its bytes kept by
-  the connection (:func:`.conn.flush_head`), which writes them with the next write on the connection (the
-  first body chunk: one ``send``) or at the end of the loop turn, whichever comes first --
-  a streaming response's head never waits on a body that is not coming.
+  WebSocket upgrade?) is kept for it, whether the request has a body for
+  :func:`.lean._may_hold` (``sse_body``), and its copy of the headers made from the same
+  items;
+* ``stream_send`` of a body's end: one ``EndOfMessage`` for all (h11's events are frozen);
+  of a final response head on plain TCP: its bytes kept by the connection
+  (:func:`flush_head`), which writes them with its next write (the first body
+  chunk: one ``send``) or at the end of the loop turn, whichever comes first -- a
+  streaming response's head never waits on a body that is not coming.
 
 Informational responses (100-continue, 101), error answers, HTTP/2, TLS and WebSocket
 traffic go Hypercorn's way. ``tests/test_hypercorn_proto.py`` fails loudly on an upgrade.
@@ -35,7 +38,7 @@ try:
     from h11._headers import Headers
     from hypercorn.asyncio.tcp_server import TCPServer
     from hypercorn.protocol import h11 as _h11proto
-    from hypercorn.protocol.events import Request, Response
+    from hypercorn.protocol.events import EndBody, Request, Response
     from hypercorn.protocol.http_stream import HTTPStream
     from hypercorn.protocol.ws_stream import WSStream
 except ImportError:  # pragma: no cover
@@ -55,6 +58,7 @@ CHECKED = {
 }
 
 _originals: dict[str, Any] = {}
+_END = h11.EndOfMessage() if _h11proto is not None else None
 
 
 def _fingerprint(obj: Any) -> str:
@@ -81,6 +85,7 @@ def install() -> bool:
         return False
     p = _h11proto.H11Protocol
     _originals.update(check=p._check_protocol, create=p._create_stream, send=p.stream_send)
+    conn.flush_head = flush_head
     p._check_protocol = _check_protocol  # type: ignore[method-assign]
     p._create_stream = _create_stream  # type: ignore[method-assign]
     p.stream_send = _stream_send  # type: ignore[method-assign]
@@ -94,6 +99,7 @@ def uninstall() -> None:
     p._check_protocol = _originals["check"]  # type: ignore[method-assign]
     p._create_stream = _originals["create"]  # type: ignore[method-assign]
     p.stream_send = _originals["send"]  # type: ignore[method-assign]
+    conn.flush_head = conn._no_head
     _originals.clear()
 
 
@@ -104,14 +110,17 @@ async def _check_protocol(self: Any, event: Any) -> None:
         self.__dict__.pop("_sse_ws", None)
         return await _originals["check"](self, event)
     upgrade = connection = b""
-    has_body = False
+    has_body = body = False
     for _, name, value in headers._full_items:  # names lower-cased by h11, tokens
         if name == b"upgrade":
             upgrade = value.strip()
         elif name == b"connection":
             connection = value.strip()
-        elif name == b"content-length" or name == b"transfer-encoding":
+        elif name == b"content-length":
             has_body = True
+            body = body or value != b"0"  # h11 checked it: digits, no spaces
+        elif name == b"transfer-encoding":
+            has_body = body = True
     upgrade = upgrade.lower()
     if upgrade == b"h2c" and not has_body:
         await self._send_h11_event(h11.InformationalResponse(
@@ -121,7 +130,7 @@ async def _check_protocol(self: Any, event: Any) -> None:
         raise _h11proto.H2CProtocolRequiredError(self.connection.trailing_data[0], event)
     elif event.method == b"PRI" and event.target == b"*" and event.http_version == b"2.0":
         raise _h11proto.H2ProtocolAssumedError(b"PRI * HTTP/2.0\r\n\r\n" + self.connection.trailing_data[0])
-    self._sse_ws = (event, upgrade == b"websocket" and event.method.upper() == b"GET"
+    self._sse_ws = (event, body, upgrade == b"websocket" and event.method.upper() == b"GET"
                     and any(token.strip() == b"upgrade" for token in connection.lower().split(b",")))
 
 
@@ -129,10 +138,12 @@ async def _create_stream(self: Any, request: Any) -> None:
     """Hypercorn's ``_create_stream`` with ``_check_protocol``'s walk reused."""
     checked = self.__dict__.pop("_sse_ws", None)
     if checked is None or checked[0] is not request:
+        self.__dict__.pop("sse_body", None)
         return await _originals["create"](self, request)
+    self.sse_body = checked[1]  # for lean._may_hold: whether the request has a body
     args = (self.app, self.config, self.context, self.task_group, self.ssl, self.client, self.server,
             self.stream_send, _h11proto.STREAM_ID)
-    if checked[1]:
+    if checked[2]:
         self.stream = WSStream(*args)
         self.connection = _h11proto.H11WSConnection(cast(h11.Connection, self.connection))
     else:
@@ -171,6 +182,24 @@ async def _stream_send(self: Any, event: Any) -> None:
             # meanwhile, the next write takes it along (conn._protocol_send).
             server.send_lock._locked = True
             server._sse_head = data
-            server.loop.call_soon(conn.flush_head, server)
+            server.loop.call_soon(flush_head, server)
             return
+    elif type(event) is EndBody:
+        await self._send_h11_event(_END)
+        return
     await _originals["send"](self, event)
+
+
+def flush_head(server: Any) -> None:
+    """Write a response head that waited for its body and free the send lock it held: at
+    the connection's next write (:mod:`.conn` takes it along), a close, or the end of the
+    loop turn."""
+    head = server.__dict__.get("_sse_head")
+    if head is None:
+        return
+    server._sse_head = None
+    server.send_lock.release()
+    try:
+        server.writer.write(head)
+    except (ConnectionError, RuntimeError):
+        pass  # the connection is ending: its read loop sees the close
