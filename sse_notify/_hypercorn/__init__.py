@@ -10,11 +10,14 @@
   it, reads without reader frames, and a ``Date`` header formatted once a second; an
   HTTP/1.1 request without a body run in the connection's own task (reading then goes on
   by callback), in a task group without ``asyncio.TaskGroup`` (:mod:`.tasks`).
+* :mod:`.proto` (installed by :mod:`.lean`): ``H11Protocol``'s request headers walked
+  once, and a response head written with its first body chunk (one ``send``).
 
 Both act only for the Hypercorn and h11 releases in :data:`TESTED` (wsproto as Hypercorn
 0.18 requires it); anywhere else they step aside and the service uses plain ASGI and
 stock Hypercorn. ``tests/test_transports_direct.py``, ``tests/test_hypercorn_lean.py`` and
-``tests/test_hypercorn_conn.py``, ``tests/test_hypercorn_tasks.py`` fail loudly when an upgrade changes what they rely on.
+``tests/test_hypercorn_conn.py``, ``tests/test_hypercorn_tasks.py``,
+``tests/test_hypercorn_proto.py`` fail loudly when an upgrade changes what they rely on.
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ source is the one in :data:`CHECKED`:
   the server's ``_initiate_server_close`` runs in its task group);
 * ``TCPServer.protocol_send``: a write when the send lock is free and nobody waits for it
   goes straight to the transport, awaiting ``drain()`` under the lock only when it would
-  wait (paused, closing, an error); ``Updated`` arms or stops the timer without awaiting;
+  wait (paused, closing, an error), and takes along a response head waiting for its
+  body (:mod:`.proto`); ``Updated`` arms or stops the timer without awaiting;
 * ``TCPServer.run``: Hypercorn's, with ``_read_data``'s loop in its own frame, without
   ``wait_for`` and with the reader's wait inlined (``read`` is called once data is there,
   so it never suspends: an idle connection keeps two coroutine frames, not five), and
@@ -73,6 +74,14 @@ CHECKED = {
 }
 
 _originals: dict[str, Any] = {}
+
+
+def _no_head(server: Any) -> None:
+    """No response head ever waits (:mod:`.proto` not installed)."""
+
+
+#: proto.flush_head once proto is installed: writes a response head waiting for its body.
+flush_head: Any = _no_head
 #: Which asyncio-dependent parts are on (their sources are the checked ones).
 _inline_wait = _direct_write = _list_drain_waiters = _lean_tasks = False
 
@@ -236,6 +245,7 @@ async def _run(self: Any) -> None:
         else:
             ssl = False
             alpn_protocol = "http/1.1"
+            self._sse_plain = _direct_write  # a response head may wait for its body (.proto)
 
         group = _tasks.LeanTaskGroup if _lean_tasks else _tcp_server.TaskGroup
         async with group(self.loop) as task_group:
@@ -290,6 +300,7 @@ async def _run(self: Any) -> None:
         pass
     finally:
         try:
+            flush_head(self)
             await self._close()
         finally:
             self.__dict__.clear()
@@ -383,11 +394,16 @@ async def _protocol_send(self: Any, event: Any) -> None:
     kind = type(event)
     if kind is RawData:
         lock = self.send_lock
+        data = event.data
+        if lock._locked and self.__dict__.get("_sse_head") is not None:  # .proto's head
+            data = self._sse_head + data
+            self._sse_head = None
+            lock.release()
         if not _direct_write or lock._locked or lock._waiters:
-            return await _originals["send"](self, event)
+            return await _originals["send"](self, event if data is event.data else RawData(data))
         writer = self.writer
         try:
-            writer.write(event.data)
+            writer.write(data)
         except (ConnectionError, RuntimeError):
             await self.protocol.handle(Closed())
             return
@@ -405,4 +421,5 @@ async def _protocol_send(self: Any, event: Any) -> None:
         elif not self.idle_task.arm(self._task_group, self):
             await self.idle_task.restart(self._task_group, self._idle_timeout)
     else:
+        flush_head(self)
         await _originals["send"](self, event)

@@ -43,7 +43,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from . import conn, supported, tasks
+from . import conn, proto, supported, tasks
 
 try:  # what is replaced and what the replacements call (absent: nothing is installed)
     from hypercorn.asyncio import task_group as _task_group
@@ -287,6 +287,7 @@ def install() -> bool:
     worker_context.WorkerContext.event_class = LeanEvent  # type: ignore[assignment]
     tasks._spawn_app = _spawn_app  # the connection's LeanTaskGroup spawns apps as above
     conn.install()  # the connection loop (its own checks; Hypercorn's where they fail)
+    proto.install()  # the request's header walk and the head with its body (the same)
     return True
 
 
@@ -294,6 +295,7 @@ def uninstall() -> None:
     """Put Hypercorn's own pieces back (for tests)."""
     if not _originals:
         return
+    proto.uninstall()
     conn.uninstall()
     tasks._spawn_app = None
     task_group, worker_context = _task_group, _worker_context
@@ -337,6 +339,9 @@ def _may_hold(scope: Any, send: Any) -> bool:
         return False
     if protocol.connection.trailing_data[0]:
         return False
+    body = protocol.__dict__.get("sse_body")  # .proto's header walk answered it
+    if body is not None:
+        return not body
     for name, value in scope["headers"]:
         name = name.lower()
         if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
