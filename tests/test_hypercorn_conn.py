@@ -8,8 +8,8 @@ Its source checks are in ``tests/test_hypercorn_lean.py`` (an upgrade fails ther
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
-import socket
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -20,10 +20,9 @@ from wsgiref.handlers import format_date_time
 
 import httpx
 import pytest
-from hypercorn.asyncio import serve
-from hypercorn.config import Config
 
 from sse_notify._hypercorn import conn, lean
+from .inprocess import Serving, hypercorn_serving
 
 from .browser.support import self_signed_certificate
 
@@ -67,47 +66,24 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 class Server:
-    def __init__(self, port: int, task: asyncio.Task[None], stop: asyncio.Event, certs: tuple[Path, Path] | None):
-        self.port, self.task, self.stop, self.certs = port, task, stop, certs
+    def __init__(self, serving: Serving, certs: tuple[Path, Path] | None):
+        self.port, self.task, self.stop, self.certs = serving.port, serving.task, serving.stop, certs
 
 
 @pytest.fixture
 async def start(tmp_path: Path) -> AsyncIterator[Any]:
     assert lean.install() and conn._originals, "conn.install() refused: see the source checks in test_hypercorn_lean"
-    servers: list[Server] = []
+    async with contextlib.AsyncExitStack() as stack:
 
-    async def _start(keep_alive: float = 5, tls: bool = False, read_timeout: int | None = None) -> Server:
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        sock.close()
-        config = Config()
-        config.bind = [f"127.0.0.1:{port}"]
-        config.accesslog = None
-        config.keep_alive_timeout = keep_alive
-        config.read_timeout = read_timeout
-        config.graceful_timeout = 30
-        certs = None
-        if tls:
-            certs = self_signed_certificate(tmp_path)
-            config.certfile, config.keyfile = str(certs[0]), str(certs[1])
-        stop = asyncio.Event()
-        task = asyncio.create_task(serve(app, config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
-        for _ in range(250):
-            try:
-                _, w = await asyncio.open_connection("127.0.0.1", port)
-                w.close()
-                break
-            except OSError:
-                await asyncio.sleep(0.02)
-        server = Server(port, task, stop, certs)
-        servers.append(server)
-        return server
+        async def _start(keep_alive: float = 5, tls: bool = False, read_timeout: int | None = None) -> Server:
+            certs = self_signed_certificate(tmp_path) if tls else None
+            config: dict[str, Any] = {"keep_alive_timeout": keep_alive, "read_timeout": read_timeout,
+                                      "graceful_timeout": 30}
+            if certs is not None:
+                config.update(certfile=str(certs[0]), keyfile=str(certs[1]))
+            return Server(await stack.enter_async_context(hypercorn_serving(app, **config)), certs)
 
-    yield _start
-    for server in servers:
-        server.stop.set()
-        await server.task
+        yield _start
     lean.uninstall()
 
 

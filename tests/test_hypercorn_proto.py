@@ -6,15 +6,13 @@ waits on the head) -- in the real Hypercorn over HTTP/1.1.
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from hypercorn.asyncio import serve
-from hypercorn.config import Config
 
 from sse_notify._hypercorn import lean, proto
+from .inprocess import hypercorn_serving
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -70,25 +68,8 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 @pytest.fixture
 async def port(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[int]:
     assert lean.install() and proto._originals, "proto.install() refused: see the source check"
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    number = sock.getsockname()[1]
-    sock.close()
-    config = Config()
-    config.bind = [f"127.0.0.1:{number}"]
-    config.accesslog = None
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve(app, config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
-    for _ in range(250):
-        try:
-            _, w = await asyncio.open_connection("127.0.0.1", number)
-            w.close()
-            break
-        except OSError:
-            await asyncio.sleep(0.02)
-    yield number
-    stop.set()
-    await task
+    async with hypercorn_serving(app) as serving:
+        yield serving.port
     lean.uninstall()
 
 

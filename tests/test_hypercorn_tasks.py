@@ -9,16 +9,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from hypercorn.asyncio import serve
 from hypercorn.asyncio.task_group import TaskGroup
-from hypercorn.config import Config
 
 from sse_notify._hypercorn import conn, lean, tasks
+from .inprocess import hypercorn_serving
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -143,26 +141,8 @@ class App:
 async def served() -> AsyncIterator[tuple[App, int]]:
     assert lean.install() and conn._lean_tasks, "the lean task group is not installed"
     app = App()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    config = Config()
-    config.bind = [f"127.0.0.1:{port}"]
-    config.accesslog = None
-    config.h11_max_incomplete_size = 4096
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve(app, config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
-    for _ in range(250):
-        try:
-            _, w = await asyncio.open_connection("127.0.0.1", port)
-            w.close()
-            break
-        except OSError:
-            await asyncio.sleep(0.02)
-    yield app, port
-    stop.set()
-    await task
+    async with hypercorn_serving(app, h11_max_incomplete_size=4096) as serving:
+        yield app, serving.port
     lean.uninstall()
 
 

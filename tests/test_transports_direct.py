@@ -9,19 +9,17 @@ bytes over a socket.
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 from websockets.asyncio.client import connect
-from hypercorn.asyncio import serve
-from hypercorn.config import Config
 
 from sse_notify import _hypercorn
 from sse_notify._hypercorn import direct
 from sse_notify.wire import ws_text_frame
+from .inprocess import hypercorn_serving
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -100,25 +98,8 @@ class App:
 @pytest.fixture
 async def server() -> AsyncIterator[tuple[App, int]]:
     app = App()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    config = Config()
-    config.bind = [f"127.0.0.1:{port}"]
-    config.accesslog = None
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve(app, config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
-    for _ in range(200):
-        try:
-            _, w = await asyncio.open_connection("127.0.0.1", port)
-            w.close()
-            break
-        except OSError:
-            await asyncio.sleep(0.02)
-    yield app, port
-    stop.set()
-    await task
+    async with hypercorn_serving(app) as serving:
+        yield app, serving.port
 
 
 def test_the_installed_hypercorn_and_h11_are_a_tested_pair() -> None:
