@@ -16,7 +16,15 @@ from typing import Any
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
-__all__ = ["Serving", "hypercorn_serving"]
+__all__ = ["Serving", "hypercorn_serving", "lifespan"]
+
+
+async def lifespan(receive: Any, send: Any) -> None:
+    """Answer Hypercorn's lifespan messages (a test app's ``scope["type"] == "lifespan"``)."""
+    while (message := await receive())["type"] != "lifespan.shutdown":
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+    await send({"type": "lifespan.shutdown.complete"})
 
 
 @dataclass

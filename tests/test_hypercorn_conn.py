@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from sse_notify._hypercorn import conn, lean
-from .inprocess import Serving, hypercorn_serving
+from .inprocess import Serving, hypercorn_serving, lifespan
 
 from .browser.support import self_signed_certificate
 
@@ -35,11 +35,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """``/stream``: a response open until the client goes; ``/big``: 4 MiB in 64 KiB
     chunks; anything else: ``ok`` and the request's body length."""
     if scope["type"] == "lifespan":
-        while (message := await receive())["type"] != "lifespan.shutdown":
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-        await send({"type": "lifespan.shutdown.complete"})
-        return
+        return await lifespan(receive, send)
     size = 0
     while True:
         message = await receive()

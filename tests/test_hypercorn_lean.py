@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from sse_notify._hypercorn import conn, lean
-from .inprocess import hypercorn_serving
+from .inprocess import hypercorn_serving, lifespan
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -166,11 +166,7 @@ class App:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while (message := await receive())["type"] != "lifespan.shutdown":
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
-            return
+            return await lifespan(receive, send)
         self.receives.append(receive)
         hook = lean.disconnect_hook(receive)
         self.hooked.append(hook is not None)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from sse_notify._hypercorn import lean, proto
-from .inprocess import hypercorn_serving
+from .inprocess import hypercorn_serving, lifespan
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -41,11 +41,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     client goes; ``/bare``: a head, then the app returns; anything else: the request's
     headers as the body."""
     if scope["type"] == "lifespan":
-        while (message := await receive())["type"] != "lifespan.shutdown":
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-        await send({"type": "lifespan.shutdown.complete"})
-        return
+        return await lifespan(receive, send)
     if scope["type"] == "websocket":
         await receive()  # websocket.connect
         await send({"type": "websocket.accept"})

@@ -16,7 +16,7 @@ import pytest
 from hypercorn.asyncio.task_group import TaskGroup
 
 from sse_notify._hypercorn import conn, lean, tasks
-from .inprocess import hypercorn_serving
+from .inprocess import hypercorn_serving, lifespan
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -110,11 +110,7 @@ class App:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while (message := await receive())["type"] != "lifespan.shutdown":
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
-            return
+            return await lifespan(receive, send)
         self.tasks.append(asyncio.current_task().get_coro().__qualname__)  # type: ignore[union-attr]
         self.count += 1
         if scope["path"] == "/stream":

@@ -19,7 +19,7 @@ from websockets.asyncio.client import connect
 from sse_notify import _hypercorn
 from sse_notify._hypercorn import direct
 from sse_notify.wire import ws_text_frame
-from .inprocess import hypercorn_serving
+from .inprocess import hypercorn_serving, lifespan
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -33,11 +33,7 @@ class App:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while (message := await receive())["type"] != "lifespan.shutdown":
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
-            return
+            return await lifespan(receive, send)
         if scope["type"] == "websocket":
             return await self.websocket(scope, receive, send)
         writer = direct.body_writer(scope, send)
