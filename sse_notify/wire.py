@@ -129,10 +129,12 @@ class Outbound:
     @property
     def sse(self) -> bytes:
         if self._sse is None:
-            if type(self.id) is int and b"\n" not in self._json and b"\r" not in self._json:
+            raw = self._json
+            # find(), not ``in`` (see encode_json): two ``in`` tests cost 5,600 instructions.
+            if type(self.id) is int and raw.find(b"\n") < 0 and raw.find(b"\r") < 0:
                 # The usual case: compact JSON has no line breaks (they are escaped in
                 # strings), so the frame is one data line; the kind is one of ours.
-                self._sse = b"id: %d\nevent: %s\ndata: %s\n\n" % (self.id, self._kind.encode(), self._json)
+                self._sse = b"id: %d\nevent: %s\ndata: %s\n\n" % (self.id, self._kind.encode(), raw)
             else:
                 self._sse = sse_frame(self._json, self._kind, self.id)
         return self._sse
