@@ -2,8 +2,9 @@
 
 An :class:`Outbound` is encoded once and shared by every stream it is delivered to: a
 notification's JSON is produced once per publish, and its SSE frame and WebSocket text are
-derived from that one encoding on first use (lazily, so a server with no WebSocket
-clients never builds WebSocket frames).
+derived from that one encoding: a notification's SSE frame at once (one ``%`` format),
+the WebSocket text on first use (lazily, so a server with no WebSocket clients never
+builds WebSocket frames).
 
 Every JSON payload a stream carries escapes U+2028, U+2029 and U+0085 (``\\u2028``, ...)
 instead of sending them raw (:func:`encode_json`): they are valid inside JSON strings, but
@@ -74,10 +75,15 @@ _LINE_BREAKERS = ((b"\xe2\x80\xa8", b"\\u2028"), (b"\xe2\x80\xa9", b"\\u2029"),
 def encode_json(value: Any) -> bytes:
     """``value`` as compact JSON, with U+2028, U+2029 and U+0085 escaped. (In UTF-8 their
     bytes cannot occur inside any other character, so a bytes replace is exact.)"""
-    raw = orjson.dumps(value)
+    return _escape_breakers(orjson.dumps(value))
+
+
+def _escape_breakers(raw: bytes) -> bytes:
+    # ASCII JSON holds none of them: isascii() is one pass over machine words, where each
+    # find() of a two-byte needle costs about 2,200 instructions on a notification. (And
     # find(), not ``in``: ``bytes in bytes`` first tries the operand as an integer and
-    # formats a TypeError it then discards (about 2,800 instructions a test).
-    if raw.find(b"\xe2\x80") >= 0 or raw.find(b"\xc2\x85") >= 0:  # one cheap test for the common case
+    # formats a TypeError it then discards, about 2,800 instructions a test.)
+    if not raw.isascii() and (raw.find(b"\xe2\x80") >= 0 or raw.find(b"\xc2\x85") >= 0):
         for char, escape in _LINE_BREAKERS:
             raw = raw.replace(char, escape)
     return raw
@@ -121,18 +127,25 @@ class Outbound:
     @classmethod
     def notification(cls, n: Notification) -> Outbound:
         # Notification.to_dict(read=False), spelled out: this runs once per notification.
-        return cls("notification", encode_json({
+        raw = _escape_breakers(orjson.dumps({
             "id": n.id, "user": n.user, "topic": n.topic, "title": n.title, "body": n.body,
             "priority": n.priority, "data": n.data, "created_at": iso_ms(n.created_at), "read": False,
-        }), n.id, n.topic, n.user)
+        }))
+        event = cls("notification", raw, n.id, n.topic, n.user)
+        # Its SSE frame at once, as replayed() does: orjson's compact JSON has no line
+        # break, so the frame is one data line (nothing to test, no property to go through).
+        event._sse = b"id: %d\nevent: notification\ndata: %b\n\n" % (n.id, raw)
+        return event
 
     @property
     def sse(self) -> bytes:
         if self._sse is None:
-            if type(self.id) is int and b"\n" not in self._json and b"\r" not in self._json:
+            raw = self._json
+            # find(), not ``in`` (see encode_json): two ``in`` tests cost 5,600 instructions.
+            if type(self.id) is int and raw.find(b"\n") < 0 and raw.find(b"\r") < 0:
                 # The usual case: compact JSON has no line breaks (they are escaped in
                 # strings), so the frame is one data line; the kind is one of ours.
-                self._sse = b"id: %d\nevent: %s\ndata: %s\n\n" % (self.id, self._kind.encode(), self._json)
+                self._sse = b"id: %d\nevent: %s\ndata: %s\n\n" % (self.id, self._kind.encode(), raw)
             else:
                 self._sse = sse_frame(self._json, self._kind, self.id)
         return self._sse
@@ -173,9 +186,7 @@ def replayed(rows: Iterable[StoredRow]) -> list[Outbound]:
         raw = dumps({"id": id, "user": user, "topic": topic, "title": title, "body": body,
                      "priority": priority, "data": None if data is None else fragment(data),
                      "created_at": iso_ms(created_at), "read": False})
-        if raw.find(b"\xe2\x80") >= 0 or raw.find(b"\xc2\x85") >= 0:  # as in encode_json
-            for char, escape in _LINE_BREAKERS:
-                raw = raw.replace(char, escape)
+        raw = _escape_breakers(raw)
         event = Outbound("notification", raw, id, topic, user)
         event._sse = b"id: %d\nevent: notification\ndata: %b\n\n" % (id, raw)
         events.append(event)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import orjson
 import pytest
 
 from sse_notify import wire
@@ -163,8 +164,8 @@ def test_notification_carries_routing_attributes() -> None:
 
 def test_outbound_is_encoded_once(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
-    real = wire.encode_json
-    monkeypatch.setattr(wire, "encode_json", lambda *a, **k: calls.append(a) or real(*a, **k))
+    real = wire.orjson.dumps
+    monkeypatch.setattr(wire.orjson, "dumps", lambda *a, **k: calls.append(a) or real(*a, **k))
     out = Outbound.notification(_notification())
     first, second = out.sse, out.sse
     assert first is second
@@ -177,6 +178,8 @@ def test_a_notification_frame_is_the_one_sse_frame_builds(title: str) -> None:
     out = Outbound.notification(_notification(title=title))
     assert out.sse == sse_frame(out._json, "notification", 42)
     assert out.sse.count(b"\n") == 4  # id, event, one data line, the blank line
+    assert out.sse.find(b"\xe2\x80\xa8") < 0  # escaped: line-splitting readers break there
+    assert orjson.loads(out._json)["title"] == title
 
 
 def test_a_payload_with_line_breaks_is_framed_line_by_line() -> None:

@@ -7,9 +7,10 @@ Deliberate decisions:
   commit, so a burst of concurrent publishes costs one fsync, not one each. ``add()``
   returns only after that commit.
 * **Few statements per batch.** Each aiosqlite statement is a round trip to the
-  connection's thread, so the publishes of a batch are inserted with one ``executemany``
-  per table (flushed before any other kind of write, to keep the jobs' order): a batch
-  costs about as many round trips whatever its size.
+  connection's thread, so the publishes of a batch are inserted together (flushed before
+  any other kind of write, to keep the jobs' order): the notifications with multi-row
+  ``INSERT``s (``sqlite_rows``: a few statements whatever the batch's size, each run once,
+  not once per row), the other tables with one ``executemany`` each.
 * **A bulk publish is one job** (``add_many``): all its notifications go into the one
   transaction, in order, whatever else the batch holds.
 * **Ids are assigned by the writer**, in commit order, from a high-water mark that also
@@ -48,6 +49,7 @@ from ..models import Notification, NotificationDraft, now_ms
 from . import BulkPublishResult, PublishResult, StoreUnavailable
 from .sqlite_escalations import INSERT_ESCALATIONS, SQLiteEscalations
 from .sqlite_reads import SQLiteReads
+from .sqlite_rows import NULL, insert_rows
 from .sqlite_receipts import SQLiteReceipts
 from .sqlite_schema import COLUMNS, connect_to, identity, migrate, visible
 from .writer_queue import Job, WriterQueue, fail_jobs
@@ -76,20 +78,24 @@ def _repeat(stored: list[Any], bulk: bool) -> PublishResult | BulkPublishResult:
     return PublishResult([id for ids in groups for id in ids], created=False)
 
 
+_INSERT_NOTIFICATIONS = f"INSERT INTO notifications ({COLUMNS})"
+#: The nullable columns (user, topic, body, data) are bound as ``NULL`` (``sqlite_rows``).
+_NOTIFICATION_ROW = "(?,NULLIF(?,0),NULLIF(?,0),?,NULLIF(?,0),?,NULLIF(?,0),?)"
+
+
 class _Inserts:
     """The rows one transaction's publishes add, written in one statement per table, and
     the idempotency keys they used (so a repeat later in the same batch finds them)."""
 
     def __init__(self) -> None:
-        self.notifications: list[tuple[Any, ...]] = []
+        self.notifications: list[Any] = []  # flat: _NOTIFICATION_ROW's parameters, row after row
         self.keys: list[tuple[str, str, str, int]] = []
         self.escalations: list[tuple[int, str, str, int, int]] = []
         self.ids_by_key: dict[tuple[str, str], list[Any]] = {}  # as stored: see _repeat()
 
     async def flush(self, db: aiosqlite.Connection) -> None:
         if self.notifications:
-            await db.executemany(f"INSERT INTO notifications ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?)",
-                                 self.notifications)
+            await insert_rows(db, _INSERT_NOTIFICATIONS, _NOTIFICATION_ROW, self.notifications)
             self.notifications = []
         if self.keys:
             await db.executemany("INSERT OR REPLACE INTO idempotency (publisher, key, ids, created_at) "
@@ -286,8 +292,10 @@ class SQLiteStore(WriterQueue, SQLiteReads, SQLiteReceipts, SQLiteEscalations):
                 id += 1
                 ids.append(id)
                 committed.append(Notification(id, d.user, d.topic, d.title, d.body, d.priority, d.data, now))
-                rows.append((id, d.user, d.topic, d.title, d.body, d.priority,
-                             None if d.data is None else dumps(d.data).decode(), now))
+                user, topic, body, data = d.user, d.topic, d.body, d.data
+                rows += (id, NULL if user is None else user, NULL if topic is None else topic, d.title,
+                         NULL if body is None else body, d.priority,
+                         NULL if data is None else dumps(data).decode(), now)
                 if d.escalate is not None and d.user is not None:
                     due = now + d.escalate.after * 1000
                     escalations.append((id, d.user, d.escalate.unless, due, due))

@@ -11,7 +11,7 @@ from pathlib import Path
 import aiosqlite
 
 from .sqlite_escalations import ESCALATIONS_V4
-from .sqlite_receipts import RECEIPTS_V3
+from .sqlite_receipts import RECEIPTS_V3, RECEIPTS_V5
 
 __all__ = ["COLUMNS", "MIGRATIONS", "connect_to", "identity", "migrate", "visible"]
 
@@ -49,7 +49,7 @@ _INDEXES_V2 = """
 CREATE INDEX reads_id ON reads (id);
 CREATE INDEX idempotency_created_at ON idempotency (created_at);
 """
-MIGRATIONS = [_SCHEMA_V1, _INDEXES_V2, RECEIPTS_V3, ESCALATIONS_V4]
+MIGRATIONS = [_SCHEMA_V1, _INDEXES_V2, RECEIPTS_V3, ESCALATIONS_V4, RECEIPTS_V5]
 
 COLUMNS = "id, user, topic, title, body, priority, data, created_at"
 
