@@ -16,7 +16,7 @@ from typing import Any
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
-__all__ = ["Serving", "hypercorn_serving", "lifespan"]
+__all__ = ["Serving", "body_size", "hypercorn_serving", "lifespan"]
 
 
 async def lifespan(receive: Any, send: Any) -> None:
@@ -25,6 +25,16 @@ async def lifespan(receive: Any, send: Any) -> None:
         if message["type"] == "lifespan.startup":
             await send({"type": "lifespan.startup.complete"})
     await send({"type": "lifespan.shutdown.complete"})
+
+
+async def body_size(receive: Any) -> int:
+    """Read a request's whole body from ``receive``; its length in bytes."""
+    size = 0
+    while True:
+        message = await receive()
+        size += len(message.get("body", b""))
+        if not message.get("more_body"):
+            return size
 
 
 @dataclass

@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from sse_notify._hypercorn import conn, lean
-from .inprocess import Serving, hypercorn_serving, lifespan
+from .inprocess import Serving, body_size, hypercorn_serving, lifespan
 
 from .browser.support import self_signed_certificate
 
@@ -36,12 +36,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     chunks; anything else: ``ok`` and the request's body length."""
     if scope["type"] == "lifespan":
         return await lifespan(receive, send)
-    size = 0
-    while True:
-        message = await receive()
-        size += len(message.get("body", b""))
-        if not message.get("more_body"):
-            break
+    size = await body_size(receive)
     if scope["path"] not in ("/stream", "/big"):
         body = b"ok %d" % size
         await send({"type": "http.response.start", "status": 200,

@@ -16,7 +16,7 @@ import pytest
 from hypercorn.asyncio.task_group import TaskGroup
 
 from sse_notify._hypercorn import conn, lean, tasks
-from .inprocess import hypercorn_serving, lifespan
+from .inprocess import body_size, hypercorn_serving, lifespan
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -119,12 +119,7 @@ class App:
             lean.disconnect_hook(receive)(self.gone.set)  # type: ignore[misc]
             await self.gone.wait()
             return
-        size = 0
-        while True:
-            message = await receive()
-            size += len(message.get("body", b""))
-            if not message.get("more_body"):
-                break
+        size = await body_size(receive)
         if scope["path"] == "/wait":
             await self.release.wait()
         body = b"ok %d %d" % (self.count, size)
